@@ -1,0 +1,84 @@
+"""Coordinate frames (contracts §1.6).
+
+Boxes live in one of two frames:
+- the *original* frame: pixels of the image as stored on disk;
+- the *model* frame: pixels of the image after Qwen2.5-VL's ``smart_resize``, i.e. what the vision
+  tower sees and what hints and answers are written in.
+
+Original -> model truncates and clamps to ``[0, W'-1]``; model -> original is a plain rescale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+# Reference pixel limits (contracts §1.6).
+TRAIN_MIN_PIXELS = 16 * 28 * 28
+TRAIN_MAX_PIXELS = 1280 * 28 * 28
+EVAL_MIN_PIXELS = 256 * 28 * 28
+PATCH_FACTOR = 28  # patch size 14 x spatial merge 2
+
+Box = Sequence[float]
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = PATCH_FACTOR,
+    min_pixels: int = TRAIN_MIN_PIXELS,
+    max_pixels: int = TRAIN_MAX_PIXELS,
+) -> tuple[int, int]:
+    """Return ``(height', width')``: both multiples of ``factor``, area within the limits,
+    aspect ratio kept as closely as possible (same arithmetic as qwen-vl-utils)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got height={height} width={width}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio must be at most 200, got {max(height, width) / min(height, width):.1f}")
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def model_frame_size(
+    width: int, height: int, min_pixels: int = TRAIN_MIN_PIXELS, max_pixels: int = TRAIN_MAX_PIXELS
+) -> tuple[int, int]:
+    """``(width', height')`` of the model-input frame for an image of ``width x height``."""
+    h, w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
+    return w, h
+
+
+def to_model_frame(box: Box, original: tuple[int, int], model: tuple[int, int]) -> list[int]:
+    """Map an ``[x0, y0, x1, y1]`` box from the original ``(W, H)`` frame to the model ``(W', H')``
+    frame: ``int(x / W * W')`` then clamp to ``[0, W'-1]`` (same for y)."""
+    (w, h), (mw, mh) = original, model
+    out = []
+    for i, v in enumerate(box):
+        size, msize = (w, mw) if i % 2 == 0 else (h, mh)
+        out.append(min(max(int(v / size * msize), 0), msize - 1))
+    return out
+
+
+def to_original_frame(box: Box, model: tuple[int, int], original: tuple[int, int]) -> list[float]:
+    """Map a box from the model ``(W', H')`` frame back to original ``(W, H)`` pixels: ``x / W' * W``,
+    no clamping."""
+    (mw, mh), (w, h) = model, original
+    return [v / mw * w if i % 2 == 0 else v / mh * h for i, v in enumerate(box)]
+
+
+def xywh_to_xyxy(box: Box) -> list[float]:
+    x, y, w, h = box
+    return [x, y, x + w, y + h]
+
+
+def xyxy_to_xywh(box: Box) -> list[float]:
+    x0, y0, x1, y1 = box
+    return [x0, y0, x1 - x0, y1 - y0]

@@ -1,0 +1,140 @@
+"""Prompt strings and the box-hint text (contracts §2). These strings are a model interface:
+released checkpoints were trained on them, so they are reproduced byte for byte."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from rexthinker.coords import model_frame_size, to_model_frame
+
+THINK_PROMPT = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
+    "</answer> tags, respectively, i.e., <think> reasoning process here </think><answer> answer here "
+    "</answer>."
+)
+
+# User-text variants, selectable by name.
+USER_TEMPLATES = {
+    "train": "Hint: Object and its coordinates in this image: {hint}\nPlease detect {referring} in this image.",
+    "humanref_eval": "Hint: {hint}\nLocate {referring} in the image and answer the question in json format.",
+}
+
+
+def hint_json(category: str, boxes: Sequence[Sequence[int]]) -> str:
+    """``{"<category>": [[x0, y0, x1, y1], ...]}`` with integer coordinates and json's default separators."""
+    return json.dumps({category: [[int(v) for v in box] for box in boxes]})
+
+
+def user_text(referring: str, category: str, boxes: Sequence[Sequence[int]], template: str = "train") -> str:
+    if template not in USER_TEMPLATES:
+        raise KeyError(f"unknown prompt template {template!r}; choose one of {sorted(USER_TEMPLATES)}")
+    return USER_TEMPLATES[template].format(hint=hint_json(category, boxes), referring=referring)
+
+
+def grpo_problem(referring: str, category: str, boxes: Sequence[Sequence[int]]) -> str:
+    """The ``problem`` cell of a GRPO parquet row (contracts §1.4): ``<image>`` then the training text."""
+    return "<image>" + user_text(referring, category, boxes, "train")
+
+
+def answer_json(boxes: Sequence[Sequence[int]], label: str) -> str:
+    """The fenced json answer: a list of ``{"bbox_2d": [...], "label": ...}``; ``[]`` for a rejection."""
+    items = [{"bbox_2d": [int(v) for v in box], "label": label} for box in boxes]
+    return "```json\n" + json.dumps(items) + "\n```"
+
+
+# --- samples -> chat messages ----------------------------------------------------------------------
+# One function builds the model input for SFT, GRPO, evaluation and the demo, so the prompt is
+# byte-identical everywhere.
+
+INSTRUCTION_PLACEMENTS = ("system", "user_suffix", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptInfo:
+    """What the prompt builder decided, for the stages that come after generation."""
+
+    image_size: tuple[int, int]  # (W, H) original pixels
+    model_size: tuple[int, int]  # (W', H') model-input frame
+    hint_boxes: list[list[int]]  # model frame, in prompt order ("Person k" = hint_boxes[k-1])
+    answer_boxes: list[list[int]]  # model frame, sorted by their position in the hints
+    order: list[int]  # order[k] = index in sample.candidate_boxes of the prompt's (k+1)-th hint
+
+
+def pixel_limits(processor) -> tuple[int, int]:
+    """``(min_pixels, max_pixels)`` the processor really resizes with."""
+    image_processor = getattr(processor, "image_processor", processor)
+    size = dict(getattr(image_processor, "size", {}) or {})
+    lo = size.get("shortest_edge", getattr(image_processor, "min_pixels", None))
+    hi = size.get("longest_edge", getattr(image_processor, "max_pixels", None))
+    if lo is None or hi is None:
+        raise ValueError(f"cannot read min/max pixels from {type(image_processor).__name__} (size={size})")
+    return int(lo), int(hi)
+
+
+def prompt_boxes(sample, min_pixels: int, max_pixels: int, shuffle_seed: int | None = None) -> PromptInfo:
+    """Hint and answer boxes in the model-input frame of ``sample``'s image (contracts §1.6).
+
+    Boxes already in that frame (``sample.box_frame`` equals it) are used verbatim; boxes in any
+    other frame are mapped with truncation and clamping. ``shuffle_seed`` permutes the hint order
+    (the paper's GRPO option); ``PromptInfo.order`` keeps the permutation.
+    """
+    if sample.image_size is None:
+        raise ValueError(f"sample {sample.id!r} has no image_size")
+    original = tuple(sample.image_size)
+    model = model_frame_size(original[0], original[1], min_pixels=min_pixels, max_pixels=max_pixels)
+    source = tuple(sample.box_frame) if sample.box_frame is not None else original
+
+    def convert(box):
+        return [int(v) for v in box] if source == model else to_model_frame(box, source, model)
+
+    order = list(range(len(sample.candidate_boxes)))
+    if shuffle_seed is not None:
+        order = [int(i) for i in np.random.default_rng(shuffle_seed).permutation(len(order))]
+    hints = [convert(sample.candidate_boxes[i]) for i in order]
+    answers = [convert(box) for box in sample.answer_boxes]
+    rank = {tuple(box): k for k, box in enumerate(hints)}
+    answers.sort(key=lambda box: rank.get(tuple(box), len(hints)))
+    return PromptInfo(original, model, hints, answers, order)
+
+
+def build_messages(
+    sample,
+    min_pixels: int,
+    max_pixels: int,
+    template: str = "train",
+    instruction: str = "system",
+    shuffle_seed: int | None = None,
+    image=None,
+) -> tuple[list[dict], PromptInfo]:
+    """Chat messages (Qwen2.5-VL / TRL / vLLM content-list form) and the :class:`PromptInfo`.
+
+    ``instruction`` places THINK_PROMPT: ``"system"`` (the released model's inference and evaluation
+    setting), ``"user_suffix"`` (the released GRPO config: no system message, the instruction without
+    its final period after the user text, separated by a space) or ``"none"``. ``image`` defaults to
+    the sample's decoded image and is put in the message, so processors and vLLM see the same pixels.
+    """
+    if instruction not in INSTRUCTION_PLACEMENTS:
+        raise ValueError(f"instruction must be one of {INSTRUCTION_PLACEMENTS}, got {instruction!r}")
+    info = prompt_boxes(sample, min_pixels, max_pixels, shuffle_seed)
+    text = user_text(sample.referring, sample.category, info.hint_boxes, template)
+    if instruction == "user_suffix":
+        text = f"{text} {THINK_PROMPT.rstrip('.')}"
+    messages = []
+    if instruction == "system":
+        messages.append({"role": "system", "content": [{"type": "text", "text": THINK_PROMPT}]})
+    content = [{"type": "image", "image": image if image is not None else sample.load_image()}]
+    messages.append({"role": "user", "content": content + [{"type": "text", "text": text}]})
+    return messages, info
+
+
+def target_text(sample, info: PromptInfo) -> str:
+    """The assistant turn SFT trains on: ``<think>trace</think><answer>json</answer>``."""
+    if info.order != sorted(info.order) and sample.think:
+        raise ValueError("a trace names persons in the original hint order; do not shuffle hints for SFT")
+    return f"<think>{sample.think or ''}</think><answer>{answer_json(info.answer_boxes, sample.referring)}</answer>"

@@ -1,0 +1,114 @@
+"""The tiny Qwen2.5-VL checkpoint: deterministic build, loads with Auto* classes and in vLLM,
+generates from an image in both, and the two agree on greedy tokens."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from rexthinker.models import tiny
+from rexthinker.prompts import THINK_PROMPT
+
+
+def _image() -> Image.Image:
+    image = Image.new("RGB", (300, 200), (235, 235, 235))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([40, 60, 90, 180], fill=(200, 30, 30))
+    draw.rectangle([180, 40, 230, 180], fill=(30, 60, 200))
+    return image
+
+
+def _messages(text: str = "Please detect the person in red in this image."):
+    return [
+        {"role": "system", "content": [{"type": "text", "text": THINK_PROMPT}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
+    ]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_specs_use_head_sizes_vllm_cpu_accepts():
+    for spec in tiny.SPECS.values():
+        assert spec.head_dim in (32, 64, 128), spec.name
+        assert sum(spec.mrope_section) * 2 == spec.head_dim, spec.name
+
+
+def test_build_is_deterministic(tmp_path):
+    corpus = [THINK_PROMPT, "- Person 3: red shirt → ✅\n- Person 1: blue shirt → ❌"] * 20
+    a = _digest(tiny.build(tiny.SPECS["tiny"], tmp_path / "a", corpus=corpus))
+    b = _digest(tiny.build(tiny.SPECS["tiny"], tmp_path / "b", corpus=corpus))
+    assert a == b
+    assert "model.safetensors" in a and "tokenizer.json" in a
+
+
+def test_cache_key_changes_with_spec():
+    spec = tiny.SPECS["tiny"]
+    other = tiny.TinySpec(**{**spec.__dict__, "seed": spec.seed + 1})
+    assert spec.key() != other.key()
+
+
+def test_tokenizer_has_qwen_special_tokens_and_round_trips(tiny_model_path):
+    from transformers import AutoProcessor
+
+    tok = AutoProcessor.from_pretrained(tiny_model_path).tokenizer
+    for special in tiny.QWEN_SPECIAL_TOKENS:
+        ids = tok.encode(special, add_special_tokens=False)
+        assert len(ids) == 1 and tok.convert_ids_to_tokens(ids[0]) == special
+    text = '<think>- Person 12: red shirt → ✅ ⚠️ ❌</think><answer>```json\n[{"bbox_2d": [94, 45, 445, 271]}]\n```</answer>'
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    # Qwen2's pre-tokeniser splits numbers into single digits.
+    assert tok.tokenize("445") == ["4", "4", "5"]
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+
+
+def test_chat_template_is_the_released_one_trl_recognises(tiny_model_path):
+    from transformers import AutoProcessor
+    from trl.chat_template_utils import get_training_chat_template
+
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    assert processor.chat_template == tiny.qwen25vl_chat_template()
+    assert get_training_chat_template(processor) is not None
+    text = processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|im_start|>system\n" + THINK_PROMPT + "<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>")
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+
+def _hf_greedy(path, n_tokens):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    text = processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[_image()], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=n_tokens, do_sample=False)
+    return processor, text, out[0, inputs["input_ids"].shape[1] :].tolist(), inputs
+
+
+def test_hf_loads_and_generates_from_an_image(tiny_model_path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_path)
+    assert config.model_type == "qwen2_5_vl"
+    processor, _, new_tokens, inputs = _hf_greedy(tiny_model_path, 6)
+    assert len(new_tokens) >= 1
+    n_image_tokens = int((inputs["input_ids"] == config.image_token_id).sum())
+    assert n_image_tokens == int(inputs["image_grid_thw"].prod()) // 4  # 2x2 spatial merge
+    assert n_image_tokens <= tiny.SPECS["tiny"].max_pixels // (28 * 28)
+
+
+@pytest.mark.vllm
+def test_vllm_generates_the_same_greedy_tokens_as_hf(tiny_model_path, tiny_vllm):
+    from vllm import SamplingParams
+
+    processor, text, hf_tokens, _ = _hf_greedy(tiny_model_path, 8)
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    out = tiny_vllm.generate([{"prompt": text, "multi_modal_data": {"image": _image()}}], params, use_tqdm=False)
+    vllm_tokens = list(out[0].outputs[0].token_ids)
+    assert vllm_tokens[: len(hf_tokens)] == hf_tokens

@@ -1,0 +1,101 @@
+"""The prompt builder: exact strings (contracts §1.4, §2), model-frame hints, shuffling."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from rexthinker import prompts
+from rexthinker.coords import model_frame_size, to_model_frame
+from rexthinker.data.sample import RefSample
+
+
+def _sample(**kw) -> RefSample:
+    buf = io.BytesIO()
+    Image.new("RGB", (640, 480), (128, 128, 128)).save(buf, format="PNG")
+    base = dict(
+        id="s0", image_name="a.png", referring="the man in red", candidate_boxes=[[10, 20, 110, 220], [300, 40, 400, 470], [500, 5, 639, 479]],
+        answer_boxes=[[500, 5, 639, 479], [10, 20, 110, 220]], image_bytes=buf.getvalue(), image_size=(640, 480), think="- Person 1: red → ✅",
+    )  # fmt: skip
+    base.update(kw)
+    return RefSample(**base)
+
+
+def test_problem_string_is_exactly_the_released_layout():
+    problem = prompts.grpo_problem("the man in red", "person", [[1, 2, 3, 4], [5, 6, 7, 8]])
+    assert problem == (
+        '<image>Hint: Object and its coordinates in this image: {"person": [[1, 2, 3, 4], [5, 6, 7, 8]]}\n'
+        "Please detect the man in red in this image."
+    )
+
+
+def test_eval_template_and_answer_json():
+    assert prompts.user_text("x", "person", [[1, 2, 3, 4]], "humanref_eval") == (
+        'Hint: {"person": [[1, 2, 3, 4]]}\nLocate x in the image and answer the question in json format.'
+    )
+    assert prompts.answer_json([[94, 45, 445, 271]], "x") == '```json\n[{"bbox_2d": [94, 45, 445, 271], "label": "x"}]\n```'
+    assert prompts.answer_json([], "x") == "```json\n[]\n```"
+    with pytest.raises(KeyError, match="unknown prompt template"):
+        prompts.user_text("x", "person", [], "nope")
+
+
+def test_think_prompt_is_byte_exact():
+    assert prompts.THINK_PROMPT.startswith("A conversation between User and Assistant. The user asks a question")
+    assert prompts.THINK_PROMPT.endswith("<think> reasoning process here </think><answer> answer here </answer>.")
+    assert "  " not in prompts.THINK_PROMPT
+
+
+def test_messages_carry_model_frame_hints():
+    sample = _sample()
+    messages, info = prompts.build_messages(sample, min_pixels=3136, max_pixels=50176)
+    model = model_frame_size(640, 480, 3136, 50176)
+    assert info.model_size == model
+    assert info.hint_boxes == [to_model_frame(b, (640, 480), model) for b in sample.candidate_boxes]
+    assert info.answer_boxes == [info.hint_boxes[0], info.hint_boxes[2]]  # sorted by hint position
+    assert messages[0] == {"role": "system", "content": [{"type": "text", "text": prompts.THINK_PROMPT}]}
+    text = messages[1]["content"][1]["text"]
+    assert text == prompts.user_text("the man in red", "person", info.hint_boxes)
+    assert messages[1]["content"][0]["image"].size == (640, 480)
+
+
+def test_boxes_already_in_the_model_frame_are_used_verbatim():
+    model = model_frame_size(640, 480, 3136, 50176)
+    hints = [[1, 2, 30, 40], [50, 60, 70, 80]]
+    sample = _sample(candidate_boxes=hints, answer_boxes=[hints[1]], box_frame=model)
+    assert prompts.prompt_boxes(sample, 3136, 50176).hint_boxes == hints
+
+
+def test_user_suffix_placement_has_no_system_message():
+    messages, _ = prompts.build_messages(_sample(), 3136, 50176, instruction="user_suffix")
+    assert [m["role"] for m in messages] == ["user"]
+    assert messages[0]["content"][1]["text"].endswith(" " + prompts.THINK_PROMPT[:-1])
+
+
+def test_shuffle_is_seeded_and_keeps_answers_consistent():
+    sample = _sample(candidate_boxes=[[i * 10, 0, i * 10 + 5, 5] for i in range(8)], answer_boxes=[[30, 0, 35, 5]])
+    a = prompts.prompt_boxes(sample, 3136, 50176, shuffle_seed=7)
+    b = prompts.prompt_boxes(sample, 3136, 50176, shuffle_seed=7)
+    assert a == b and sorted(a.order) == list(range(8)) and a.order != list(range(8))
+    assert a.answer_boxes[0] in a.hint_boxes
+    assert a.hint_boxes[a.order.index(3)] == a.answer_boxes[0]
+    with pytest.raises(ValueError, match="shuffle"):
+        prompts.target_text(sample, a)
+
+
+def test_target_text_layout():
+    sample = _sample()
+    _, info = prompts.build_messages(sample, 3136, 50176)
+    assert prompts.target_text(sample, info) == (
+        "<think>- Person 1: red → ✅</think><answer>" + prompts.answer_json(info.answer_boxes, "the man in red") + "</answer>"
+    )
+
+
+def test_pixel_limits_reads_the_processor(tiny_model_path):
+    from transformers import AutoProcessor
+
+    from rexthinker.models.tiny import SPECS
+
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    assert prompts.pixel_limits(processor) == (SPECS["tiny"].min_pixels, SPECS["tiny"].max_pixels)
