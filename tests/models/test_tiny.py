@@ -104,11 +104,32 @@ def test_hf_loads_and_generates_from_an_image(tiny_model_path):
 
 
 @pytest.mark.vllm
-def test_vllm_generates_the_same_greedy_tokens_as_hf(tiny_model_path, tiny_vllm):
+def test_vllm_matches_hf_greedy_tokens_and_logprobs(tiny_model_path, tiny_vllm):
+    """Same prompt, same image: vLLM (fp32, CPU) and transformers pick the same greedy tokens and
+    give them the same log-probabilities. The HF forward needs ``mm_token_type_ids``."""
     from vllm import SamplingParams
 
-    processor, text, hf_tokens, _ = _hf_greedy(tiny_model_path, 8)
-    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    from rexthinker.models.tiny import SPECS
+
+    processor, text, hf_tokens, inputs = _hf_greedy(tiny_model_path, 8)
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, logprobs=1)
     out = tiny_vllm.generate([{"prompt": text, "multi_modal_data": {"image": _image()}}], params, use_tqdm=False)
-    vllm_tokens = list(out[0].outputs[0].token_ids)
+    completion = out[0].outputs[0]
+    vllm_tokens = list(completion.token_ids)
     assert vllm_tokens[: len(hf_tokens)] == hf_tokens
+    vllm_logprobs = torch.tensor([step[tok].logprob for step, tok in zip(completion.logprobs, vllm_tokens)])
+
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    prompt_len = inputs["input_ids"].shape[1]
+    full = dict(inputs)
+    gen = torch.tensor([vllm_tokens])
+    full["input_ids"] = torch.cat([inputs["input_ids"], gen], dim=1)
+    full["attention_mask"] = torch.ones_like(full["input_ids"])
+    full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(gen)], dim=1)
+    with torch.no_grad():
+        logits = model(**full).logits[0, prompt_len - 1 : -1]
+    hf_logprobs = torch.log_softmax(logits.float(), dim=-1).gather(1, gen[0][:, None])[:, 0]
+    assert (hf_logprobs - vllm_logprobs).abs().max().item() < 1e-3
+    assert SPECS["tiny"].tie_word_embeddings  # the tied-head path is the one exercised here

@@ -1,0 +1,1 @@
+"""Command-line tools that make training and evaluation rows: ``python -m data_tools --help``."""

@@ -1,0 +1,246 @@
+"""GRPO training rows (contracts §1.4): the three-column parquet layout of RefCOCOg-RexThinker-20k.
+
+- ``images``: one PNG-encoded RGB image (binary);
+- ``problem``: ``<image>Hint: Object and its coordinates in this image: {"person": [[...], ...]}``,
+  a newline, then ``Please detect <referring> in this image.``;
+- ``answer``: the fenced json list of ``{"bbox_2d": [...], "label": <referring>}`` (``[]`` for a
+  rejection).
+
+Hint and answer boxes are integers in the model-input frame: the ``smart_resize`` frame of each
+image for the ``min_pixels``/``max_pixels`` the model will be run with. The file does not record
+those limits, so :func:`read_grpo_parquet` returns the integers as stored and sets
+``RefSample.box_frame`` only when the caller says which limits were used.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS, model_frame_size, to_model_frame
+from rexthinker.data.errors import (
+    PNG_SIGNATURE,
+    DataError,
+    ErrorReport,
+    ImageCheckError,
+    RowErrorPolicy,
+    as_boxes,
+    checked_image_size,
+)
+from rexthinker.data.sample import RefSample, encode_png
+from rexthinker.prompts import answer_json, grpo_problem
+
+COLUMNS = ("images", "problem", "answer")
+SCHEMA = pa.schema([("images", pa.binary()), ("problem", pa.string()), ("answer", pa.string())])
+
+_PROBLEM = re.compile(
+    r"\A<image>Hint: Object and its coordinates in this image: (?P<hint>\{.*\})\n"
+    r"Please detect (?P<referring>.*) in this image\.\Z",
+    re.DOTALL,
+)
+
+
+def _rgb_png(data: bytes) -> bytes:
+    """The bytes unchanged when they already are an 8-bit RGB PNG, else re-encoded as one."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and data[24] == 8 and data[25] == 2:
+        return data
+    with Image.open(io.BytesIO(data)) as image:
+        return encode_png(image.convert("RGB"))
+
+
+def grpo_row(sample: RefSample, min_pixels: int = TRAIN_MIN_PIXELS, max_pixels: int = TRAIN_MAX_PIXELS) -> dict:
+    """``{"images", "problem", "answer"}`` for one sample, boxes mapped into its model frame."""
+    if sample.image_bytes is None:
+        raise ValueError(f"sample {sample.id!r} carries no image bytes to write")
+    size = sample.image_size or checked_image_size(sample.image_bytes)
+    frame = model_frame_size(size[0], size[1], min_pixels, max_pixels)
+    if sample.box_frame is None:
+        hints = [to_model_frame(b, size, frame) for b in sample.candidate_boxes]
+        answers = [to_model_frame(b, size, frame) for b in sample.answer_boxes]
+    elif tuple(sample.box_frame) == frame:
+        hints = [[int(v) for v in b] for b in sample.candidate_boxes]
+        answers = [[int(v) for v in b] for b in sample.answer_boxes]
+    else:
+        raise ValueError(
+            f"sample {sample.id!r}: boxes are in frame {tuple(sample.box_frame)}, but these pixel limits give {frame}"
+        )
+    return {
+        "images": _rgb_png(sample.image_bytes),
+        "problem": grpo_problem(sample.referring, sample.category, hints),
+        "answer": answer_json(answers, sample.referring),
+    }
+
+
+class GrpoParquetWriter:
+    """Streams samples into a GRPO parquet file, ``row_group_size`` rows per row group."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        min_pixels: int = TRAIN_MIN_PIXELS,
+        max_pixels: int = TRAIN_MAX_PIXELS,
+        row_group_size: int = 1000,
+    ):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.min_pixels, self.max_pixels, self.row_group_size = min_pixels, max_pixels, row_group_size
+        self._writer = pq.ParquetWriter(self.path, SCHEMA)
+        self._rows: dict[str, list] = {c: [] for c in COLUMNS}
+        self.count = 0
+
+    def write(self, sample: RefSample) -> None:
+        row = grpo_row(sample, self.min_pixels, self.max_pixels)
+        for column in COLUMNS:
+            self._rows[column].append(row[column])
+        self.count += 1
+        if len(self._rows["images"]) >= self.row_group_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows["images"]:
+            self._writer.write_table(pa.table(self._rows, schema=SCHEMA))
+            self._rows = {c: [] for c in COLUMNS}
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def __enter__(self) -> GrpoParquetWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_grpo_parquet(
+    samples: Iterable[RefSample],
+    path: str | os.PathLike,
+    min_pixels: int = TRAIN_MIN_PIXELS,
+    max_pixels: int = TRAIN_MAX_PIXELS,
+) -> Path:
+    """Write samples as GRPO rows whose boxes are in the model frame for these pixel limits."""
+    with GrpoParquetWriter(path, min_pixels, max_pixels) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return writer.path
+
+
+def parse_problem(problem: str) -> tuple[str, str, list[list[float]]]:
+    """``(referring, category, hint boxes)`` of a ``problem`` cell; raises ValueError."""
+    match = _PROBLEM.match(problem)
+    if match is None:
+        raise ValueError(f"problem does not follow the training template: {problem[:80]!r}")
+    hint = json.loads(match.group("hint"))
+    if not isinstance(hint, dict) or len(hint) != 1:
+        raise ValueError(f"hint must be an object with one category, got {match.group('hint')[:80]!r}")
+    (category, boxes), = hint.items()
+    return match.group("referring"), category, as_boxes(boxes, "hint")
+
+
+def parse_answer(answer: str | None) -> list[list[float]]:
+    """Boxes of an ``answer`` cell; ``None``, ``"None"``, an empty cell and ``[]`` are a rejection."""
+    if answer is None:
+        return []
+    text = answer.strip()
+    if text in ("", "None"):
+        return []
+    if text.startswith("```"):
+        first_newline = text.find("\n")
+        if first_newline < 0 or not text.endswith("```"):
+            raise ValueError(f"unterminated fenced answer: {text[:80]!r}")
+        text = text[first_newline + 1 : -3].strip()
+    items = json.loads(text)
+    if not isinstance(items, list):
+        raise ValueError(f"answer must be a JSON list, got {type(items).__name__}")
+    boxes = []
+    for k, item in enumerate(items):
+        if not isinstance(item, dict) or "bbox_2d" not in item:
+            raise ValueError(f"answer item {k} has no bbox_2d: {item!r:.80}")
+        boxes.append(item["bbox_2d"])
+    return as_boxes(boxes, "answer")
+
+
+def read_grpo_parquet(
+    path: str | os.PathLike,
+    on_error: str = "raise",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    report: ErrorReport | None = None,
+) -> list[RefSample]:
+    """Read GRPO rows back into samples.
+
+    Boxes are the stored model-frame integers. Pass the ``min_pixels`` and ``max_pixels`` the file
+    was written for to get ``box_frame`` set to each image's model frame; without them ``box_frame``
+    stays None even though the boxes are not in original pixels (the file cannot tell). Sample ids
+    are ``<file stem>-<row>``; ``domain``, ``sub_domain`` and ``think`` are not stored and stay empty.
+    Bad rows are reported with their 0-based row index.
+    """
+    if (min_pixels is None) != (max_pixels is None):
+        raise ValueError("pass both min_pixels and max_pixels, or neither")
+    path = Path(path)
+    fail = RowErrorPolicy(on_error, report)
+    parquet = pq.ParquetFile(path)
+    missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}; a GRPO file has {list(COLUMNS)}")
+    samples = []
+    row = -1
+    for batch in parquet.iter_batches(batch_size=512, columns=list(COLUMNS)):
+        cells = {c: batch.column(c).to_pylist() for c in COLUMNS}
+        for image, problem, answer in zip(cells["images"], cells["problem"], cells["answer"]):
+            row += 1
+            sample = _parse_row(path, row, image, problem, answer, fail)
+            if sample is None:
+                continue
+            if min_pixels is not None:
+                sample.box_frame = model_frame_size(*sample.image_size, min_pixels, max_pixels)
+            samples.append(sample)
+    fail.finish(str(path))
+    return samples
+
+
+def _parse_row(path: Path, row: int, image, problem, answer, fail: RowErrorPolicy) -> RefSample | None:
+    def bad(reason: str, kind: str) -> None:
+        fail(path, row, reason, kind, unit="row")
+
+    if isinstance(image, dict):
+        image = image.get("bytes")
+    if not isinstance(image, (bytes, bytearray)):
+        bad(f"images cell holds no bytes ({type(image).__name__})", "bad_image")
+        return None
+    try:
+        size = checked_image_size(bytes(image))
+    except ImageCheckError as exc:
+        bad(str(exc), "bad_image")
+        return None
+    if not isinstance(problem, str):
+        bad(f"problem must be a string, got {type(problem).__name__}", "bad_problem")
+        return None
+    try:
+        referring, category, hints = parse_problem(problem)
+    except ValueError as exc:
+        bad(str(exc), "bad_problem")
+        return None
+    try:
+        answers = parse_answer(answer)
+    except (ValueError, TypeError, AttributeError) as exc:
+        bad(f"bad answer: {exc}", "bad_answer")
+        return None
+    return RefSample(
+        id=f"{path.stem}-{row}",
+        image_name=f"{path.stem}/{row}.png",
+        referring=referring,
+        candidate_boxes=hints,
+        answer_boxes=answers,
+        category=category,
+        image_bytes=bytes(image),
+        image_size=size,
+    )

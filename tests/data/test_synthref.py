@@ -1,0 +1,166 @@
+"""SynthRef generator: determinism, domain mix, target counts, faithful traces, exact boxes and masks."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rexthinker.data.synthref import (
+    DOMAINS,
+    INK,
+    PALETTE,
+    SUB_DOMAINS,
+    SynthRefConfig,
+    _make_scene,
+    _render,
+    generate,
+    iter_chunks,
+    mask_to_rle,
+    rle_to_mask,
+    sample_rng,
+)
+from rexthinker.data.trace import ARROW, CHECK, CROSS, SUMMARY_HEADER, WARN, summary_marks
+
+
+def test_same_seed_gives_identical_samples():
+    first, second = generate(10, seed=5), generate(10, seed=5)
+    assert first == second
+    assert [s.image_bytes for s in first] == [s.image_bytes for s in second]
+
+
+def test_other_seed_or_split_gives_other_samples():
+    base = generate(6, seed=5)
+    other_seed = generate(6, seed=6)
+    other_split = generate(6, seed=5, split="val")
+    assert all(a.image_bytes != b.image_bytes for a, b in zip(base, other_seed))
+    assert all(a.image_bytes != b.image_bytes for a, b in zip(base, other_split))
+    assert other_split[0].id == "synthref-val-000000" and other_split[0].image_name == "val/000000.png"
+
+
+def test_output_does_not_depend_on_workers_or_chunks():
+    serial = generate(9, seed=3)
+    parallel = [s for chunk in iter_chunks(9, seed=3, workers=2, chunk_size=2) for s in chunk]
+    assert parallel == serial
+    tail = [s for chunk in iter_chunks(4, seed=3, start=5, chunk_size=3) for s in chunk]
+    assert tail == serial[5:]
+
+
+def test_domain_mix_and_rejection_share(many_samples):
+    cfg = SynthRefConfig()
+    total = sum(cfg.domain_weights.values())
+    counts = Counter(s.domain for s in many_samples)
+    for domain in DOMAINS:
+        share = counts[domain] / len(many_samples)
+        assert abs(share - cfg.domain_weights[domain] / total) < 0.07, (domain, share)
+    assert 0.10 <= counts["rejection"] / len(many_samples) <= 0.20
+    assert {s.sub_domain for s in many_samples} == set(SUB_DOMAINS)
+    for s in many_samples:
+        assert SUB_DOMAINS[s.sub_domain] == s.domain
+        assert s.is_rejection == (s.domain == "rejection")
+
+
+def test_multi_instance_answers_are_common(many_samples):
+    counts = [len(s.answer_boxes) for s in many_samples if s.domain != "rejection"]
+    assert 1.7 <= np.mean(counts) <= 2.6
+    assert sum(c > 1 for c in counts) / len(counts) > 0.35
+
+
+_ACTION_LINE = re.compile(rf"^- Person (\d+): \S.* {ARROW} ({WARN}|{CROSS})$")
+
+
+def test_traces_are_faithful_and_well_formed(many_samples):
+    for s in many_samples:
+        think = s.think
+        n = len(s.candidate_boxes)
+        assert "<think>" not in think and "</think>" not in think
+        assert think.startswith(
+            f"OK, the user needs us to detect {s.referring}. To accomplish this task, I need to break it down "
+            "into the following steps:\n- Step 1: "
+        )
+        plan, *blocks = think.split("\n\n")
+        steps = re.findall(r"^- Step (\d+): ", plan, re.M)
+        assert steps == [str(k) for k in range(1, len(steps) + 1)]
+        titles = re.findall(r"^- Step \d+: (.*)\.$", plan, re.M)
+        assert [b.splitlines()[0] for b in blocks[:-1]] == [f"# Step {k}: {t}" for k, t in enumerate(titles, 1)]
+        for block in blocks[:-1]:
+            for line in block.splitlines()[1:]:
+                if line.startswith("- "):
+                    assert _ACTION_LINE.match(line), line
+        summary = blocks[-1].splitlines()
+        assert summary[0] == SUMMARY_HEADER
+        word = "people" if len(s.answer_boxes) > 1 else "person"
+        recheck = f"Let's now recheck our answer and put {CHECK} for the target {word} and {CROSS} for others"
+        assert summary[1] == recheck
+        assert [int(re.match(r"- Person (\d+): ", line).group(1)) for line in summary[2:]] == list(range(1, n + 1))
+        marks = summary_marks(think)
+        assert marks == {i: i in s.answer_indices for i in range(n)}
+        assert sorted(s.answer_indices) == s.answer_indices and len(s.answer_indices) == len(s.answer_boxes)
+
+
+def test_boxes_are_exact_separated_and_shuffled(many_samples):
+    shuffled = 0
+    for s in many_samples[:120]:
+        w, h = s.image_size
+        with Image.open(io.BytesIO(s.image_bytes)) as image:
+            assert image.size == (w, h) and image.mode == "RGB" and image.format == "PNG"
+        cfg = SynthRefConfig()
+        assert cfg.width[0] <= w <= cfg.width[1] and cfg.height[0] <= h <= cfg.height[1]
+        assert cfg.persons[0] <= len(s.candidate_boxes) <= cfg.persons[1]
+        spans = sorted((b[0], b[2]) for b in s.candidate_boxes)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "figures overlap"
+        for x0, y0, x1, y1 in s.candidate_boxes:
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        shuffled += [b[0] for b in s.candidate_boxes] != sorted(b[0] for b in s.candidate_boxes)
+        masks = s.extra["answer_segmentations"]
+        assert len(masks) == len(s.answer_boxes)
+        for rle, box in zip(masks, s.answer_boxes):
+            assert rle["size"] == [h, w] and all(isinstance(c, int) for c in rle["counts"])
+            ys, xs = np.nonzero(rle_to_mask(rle))
+            assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == box
+    assert shuffled > 60  # hint order is not left-to-right
+
+
+def test_rle_round_trip_and_coco_order():
+    mask = np.zeros((3, 4), dtype=bool)
+    mask[0, 0] = mask[1, 0] = mask[2, 3] = True
+    rle = mask_to_rle(mask)
+    assert rle == {"size": [3, 4], "counts": [0, 2, 9, 1]}  # column-major, starts with a run of zeros
+    assert (rle_to_mask(rle) == mask).all()
+    assert mask_to_rle(np.zeros((2, 2), bool))["counts"] == [4]
+
+
+def test_drawn_attributes_are_visible():
+    cfg = SynthRefConfig()
+    for index in range(20):
+        rng = sample_rng(99, "train", index)
+        scene = _make_scene(rng, cfg, set())
+        image, labels = _render(scene, rng, cfg)
+        pixels = np.asarray(image)
+        heights: dict[bool, list[int]] = {True: [], False: []}
+        for k, fig in enumerate(scene.figures):
+            inside = pixels[labels == k + 1]
+            assert (inside == PALETTE[fig.color]).all(axis=1).sum() > 20, "shirt colour not drawn"
+            if fig.flag:  # the pole rises above the head; hats and heights are checked on the others
+                continue
+            ys, xs = np.nonzero(labels == k + 1)
+            row = ys.min() + 3
+            centre = round(xs[ys == row].mean())
+            assert (pixels[row, centre] == INK).all() == fig.hat
+            heights[fig.tall].append(ys.max() - ys.min())
+        if heights[True] and heights[False]:
+            assert max(heights[False]) < 0.8 * min(heights[True]), "tall and short figures look alike"
+
+
+def test_config_is_validated_and_applied():
+    with pytest.raises(ValueError, match="unknown domain"):
+        SynthRefConfig(domain_weights={"celebrity": 1.0})
+    with pytest.raises(ValueError, match="unknown colours"):
+        SynthRefConfig(colors=("red", "teal"))
+    only = SynthRefConfig(persons=(3, 4), domain_weights={"rejection": 1.0})
+    out = generate(8, seed=1, config=only)
+    assert all(s.domain == "rejection" and 3 <= len(s.candidate_boxes) <= 4 for s in out)
