@@ -1,0 +1,283 @@
+"""Stage 1, SFT: ``python -m rexthinker.sft --config recipes/configs/sft.yaml key=value ...``.
+
+Reads HumanRef-CoT (or any sample file with traces), builds each chat sample through the shared
+prompt builder, trains on the assistant turn only with the vision tower and projector frozen (by
+default), and writes Hugging Face checkpoints that ``from_pretrained`` and vLLM load. Resumes from
+the newest complete checkpoint in ``trainer.output_dir``. With ``trainer.nproc > 1`` it relaunches
+itself under torchrun; ``learner.strategy`` picks single-process or DeepSpeed ZeRO-2/3.
+
+Differences from the paper (contracts §6; no code was released): the loss is normalised by the
+number of assistant tokens in the whole optimizer step (not per micro-batch), so it does not depend
+on how a step is split; samples longer than ``data.max_length`` are skipped and counted rather than
+truncated (a truncated trace teaches an answer-less output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rexthinker.config import load_config, save_config, to_dict
+from rexthinker.data.sources import open_samples
+from rexthinker.sft.config import SFTConfig
+from rexthinker.sft.data import IGNORE, SFTDataset, collate, step_batches, steps_per_epoch
+from rexthinker.train import checkpoint, dist
+from rexthinker.train.learner import Learner
+from rexthinker.train.metrics import MetricLogger
+
+
+def parse_args(argv: list[str]) -> tuple[SFTConfig, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m rexthinker.sft", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="YAML file (recipes/configs/sft*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = parser.parse_args(argv)
+    return load_config(SFTConfig, args.config, args.overrides), argv
+
+
+# --- setup -------------------------------------------------------------------------------------
+def load_model_and_processor(cfg: SFTConfig):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(cfg.model.path)
+    if not cfg.model.path or (not path.exists() and cfg.model.path.startswith((".", "/"))):
+        raise SystemExit(
+            f"model.path {cfg.model.path!r} does not exist. Pass a Hugging Face folder, e.g. "
+            "model.path=/models/Qwen2.5-VL-7B-Instruct, or build the demo model with "
+            "`python -m rexthinker.models.tiny small`."
+        )
+    try:
+        processor = AutoProcessor.from_pretrained(cfg.model.path)
+        model = AutoModelForImageTextToText.from_pretrained(
+            cfg.model.path, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation
+        )
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot load model.path {cfg.model.path!r}: {exc}") from None
+    if cfg.model.min_pixels or cfg.model.max_pixels:
+        size = dict(processor.image_processor.size)
+        size["shortest_edge"] = cfg.model.min_pixels or size["shortest_edge"]
+        size["longest_edge"] = cfg.model.max_pixels or size["longest_edge"]
+        processor.image_processor.size = size
+    freeze(model, cfg)
+    return model, processor
+
+
+def freeze(model, cfg: SFTConfig) -> None:
+    visual = model.model.visual
+    for name, p in visual.named_parameters():
+        p.requires_grad = not (cfg.model.freeze_projector if name.startswith("merger.") else cfg.model.freeze_vision)
+    for p in model.model.language_model.parameters():
+        p.requires_grad = not cfg.model.freeze_llm
+    for p in model.lm_head.parameters():
+        p.requires_grad = not cfg.model.freeze_llm
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over labelled positions."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+class SFTRun:
+    """setup -> train -> save -> evaluate -> cleanup."""
+
+    def __init__(self, cfg: SFTConfig):
+        self.cfg = cfg
+        dist.init()
+        torch.manual_seed(cfg.trainer.seed)
+        random.seed(cfg.trainer.seed)
+        np.random.seed(cfg.trainer.seed)
+        self.out = Path(cfg.trainer.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.model, self.processor = load_model_and_processor(cfg)
+        samples = open_samples(cfg.data.train)
+        if cfg.data.max_samples:
+            samples = _Head(samples, cfg.data.max_samples)
+        self.dataset = SFTDataset(samples, self.processor, cfg.data.max_length, cfg.data.template, cfg.data.instruction)
+        t = cfg.trainer
+        self.world = dist.world_size()
+        self.per_epoch = steps_per_epoch(len(self.dataset), t.per_device_batch_size, t.grad_accum, self.world)
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.per_epoch))
+        self.learner = Learner(self.model, cfg.optim, cfg.learner, self.total_steps, t.per_device_batch_size)
+        self.logger = MetricLogger(self.out, t.report_to, t.run_name, to_dict(cfg))
+        self.step = 0
+        if dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in self.model.parameters())
+            print(f"[sft] {len(self.dataset)} samples, {self.world} process(es), {self.per_epoch} steps/epoch, "
+                  f"{self.total_steps} steps; trainable {trainable / 1e6:.2f} M of {total / 1e6:.2f} M parameters", flush=True)  # fmt: skip
+        if t.resume:
+            self.resume()
+
+    def resume(self) -> None:
+        found = dist.broadcast_object(str(checkpoint.latest(self.ckpt_root) or ""))
+        if not found:
+            return
+        self.learner.load_state(Path(found) / "learner")
+        checkpoint.load_rng(Path(found))
+        self.step = checkpoint.read_state(Path(found))["step"]
+        if dist.is_main():
+            print(f"[sft] resumed from {found} at step {self.step}", flush=True)
+
+    # --- train ---------------------------------------------------------------------------------
+    def train(self) -> None:
+        t = self.cfg.trainer
+        pad_id = self.processor.tokenizer.pad_token_id
+        batches = step_batches(len(self.dataset), t.seed, t.per_device_batch_size, t.grad_accum, dist.rank(), self.world)
+        for _ in range(self.step):  # skip what a resumed run already consumed (indices only)
+            next(batches)
+        bar = _progress(self.total_steps, self.step) if dist.is_main() else None
+        fallback = None
+        while self.step < self.total_steps:
+            start = time.perf_counter()
+            epoch, _, micro_indices = next(batches)
+            micro = [collate([self.dataset[i] for i in idx], pad_id) for idx in micro_indices]
+            skipped = sum(int(b["skipped"]) for b in micro)
+            micro = [b for b in micro if "input_ids" in b]
+            if not micro:  # every sample of this rank was too long: a zero-loss pass keeps ranks in step
+                if fallback is None:
+                    raise RuntimeError("no sample fits data.max_length; raise it")
+                micro = [dict(fallback, labels=torch.full_like(fallback["labels"], IGNORE))]
+            fallback = micro[-1]
+            n_label = dist.all_reduce_sum(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro))
+            loss_sum, tokens = 0.0, 0
+            self.model.train()
+            for k, batch in enumerate(micro):
+                self.learner.set_boundary(k == len(micro) - 1)
+                batch = {key: v.to(dist.device()) for key, v in batch.items() if key != "skipped"}
+                labels = batch.pop("labels")
+                logits = self.learner(**batch).logits
+                loss = token_loss_sum(logits, labels)
+                self.learner.backward(loss / max(n_label, 1.0))
+                loss_sum += float(loss.detach())
+                tokens += int(batch["attention_mask"].sum())
+            stats = self.learner.step()
+            self.step += 1
+            elapsed = time.perf_counter() - start
+            metrics = {
+                "loss": dist.all_reduce_sum(loss_sum) / max(n_label, 1.0),
+                "lr": stats["lr"],
+                "grad_norm": stats["grad_norm"],
+                "tokens_per_s": dist.all_reduce_sum(tokens) / elapsed,
+                "step_time_s": elapsed,
+                "epoch": epoch + 1,
+                "skipped_too_long": dist.all_reduce_sum(skipped),
+            }
+            if self.step % t.log_every == 0 or self.step == self.total_steps:
+                self.logger.log(self.step, metrics)
+            if bar is not None:
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                bar.update(1)
+            if t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps:
+                self.save()
+        if bar is not None:
+            bar.close()
+
+    # --- save ----------------------------------------------------------------------------------
+    def save(self) -> Path:
+        tmp = checkpoint.begin(self.ckpt_root, self.step)
+        self.learner.save_state(tmp / "learner")
+        self.learner.export_hf(tmp / "hf", self.processor)
+        checkpoint.save_rng(tmp)
+        return checkpoint.commit(tmp, {"step": self.step, "total_steps": self.total_steps}, keep=self.cfg.trainer.keep_checkpoints)
+
+    def finish(self) -> Path:
+        """The final checkpoint, plus ``<output_dir>/final`` (the Hugging Face folder) and curves."""
+        final = self.save()
+        if dist.is_main():
+            target = self.out / "final"
+            if target.is_symlink() or target.exists():
+                target.unlink() if target.is_symlink() else __import__("shutil").rmtree(target)
+            target.symlink_to(final.relative_to(self.out) / "hf")
+            self.logger.plot(["loss", "lr", "grad_norm", "tokens_per_s"], self.out / "loss_curve.png", "SFT")
+            print(f"[sft] final checkpoint: {target} -> {final / 'hf'}", flush=True)
+        return self.out / "final"
+
+    # --- evaluate ------------------------------------------------------------------------------
+    def evaluate(self) -> dict | None:
+        e = self.cfg.eval
+        if not e.enabled or not dist.is_main():
+            return None
+        if not self.cfg.data.val:
+            raise SystemExit("eval.enabled needs data.val")
+        from rexthinker import quickeval
+        from rexthinker.generation import hf_generate, vllm_generate
+
+        samples = _Head(open_samples(self.cfg.data.val), e.num_samples)
+        kwargs = dict(template=self.cfg.data.template, instruction=self.cfg.data.instruction, progress=True)
+        start = time.perf_counter()
+        if e.backend == "hf":
+            model = self.learner.module.eval()
+            gens = hf_generate(model, self.processor, samples, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, **kwargs)
+        else:
+            from vllm import LLM, SamplingParams
+
+            llm = LLM(model=str(self.out / "final"), dtype="float32" if not torch.cuda.is_available() else "bfloat16", max_model_len=4096, limit_mm_per_prompt={"image": 1}, seed=0)
+            gens = vllm_generate(llm, self.processor, samples, SamplingParams(temperature=0.0, max_tokens=e.max_new_tokens), **kwargs)
+        result = quickeval.score(gens, e.reward)
+        result["generate_s"] = time.perf_counter() - start
+        result["baselines"] = quickeval.baselines([(g.info.hint_boxes, g.info.answer_boxes) for g in gens])
+        (self.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        with (self.out / "eval_samples.jsonl").open("w") as f:
+            for g in gens[:50]:
+                f.write(json.dumps({"id": g.sample.id, "referring": g.sample.referring, "completion": g.text}) + "\n")
+        self.logger.log(self.step, {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+        print(f"[sft] eval on {result['samples']} held-out samples: format {result['format']:.3f}, "
+              f"accuracy-F1 {result['accuracy_f1']:.3f}, rejection acc {result['rejection_acc']:.3f} "
+              f"(baselines: all boxes F1 {result['baselines']['all_boxes']['accuracy_f1']:.3f}, "
+              f"no boxes rejection {result['baselines']['no_boxes']['rejection_acc']:.3f})", flush=True)  # fmt: skip
+        return result
+
+    def cleanup(self) -> None:
+        self.logger.close()
+        dist.cleanup()
+
+
+class _Head:
+    """The first ``n`` items of a sequence."""
+
+    def __init__(self, items, n: int):
+        self.items, self.n = items, min(n, len(items))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.items[i]
+
+
+def _progress(total: int, done: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="sft", unit="step", dynamic_ncols=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg, _ = parse_args(argv)
+    code = dist.relaunch(cfg.trainer.nproc, "rexthinker.sft", argv)
+    if code is not None:
+        return code
+    run = SFTRun(cfg)
+    try:
+        run.train()
+        run.finish()
+        run.evaluate()
+    finally:
+        run.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

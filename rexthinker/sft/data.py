@@ -1,0 +1,119 @@
+"""SFT samples -> token features -> padded batches.
+
+The prompt is tokenised exactly as at inference (the shared prompt builder, the chat template, the
+processor with the image), and the assistant turn is tokenised on its own and appended, so prompt
+tokens are identical to what the model sees when it generates, and the label mask covers exactly
+the assistant tokens: ``<think>…</think><answer>…</answer><|im_end|>\\n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rexthinker.data.sample import RefSample
+from rexthinker.prompts import build_messages, pixel_limits, target_text
+
+IGNORE = -100
+END_OF_TURN = "<|im_end|>\n"
+
+
+@dataclass
+class Features:
+    input_ids: torch.Tensor  # (T,)
+    labels: torch.Tensor  # (T,), IGNORE outside the assistant turn
+    mm_token_type_ids: torch.Tensor  # (T,), 1 on image tokens
+    pixel_values: torch.Tensor  # (patches, C*T*P*P)
+    image_grid_thw: torch.Tensor  # (1, 3)
+
+
+def build_features(sample: RefSample, processor, template: str = "train", instruction: str = "system") -> Features:
+    lo, hi = pixel_limits(processor)
+    messages, info = build_messages(sample, lo, hi, template=template, instruction=instruction)
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    image = messages[-1]["content"][0]["image"]
+    enc = processor(text=[prompt], images=[image], return_tensors="pt")
+    target_ids = processor.tokenizer(target_text(sample, info) + END_OF_TURN, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    prompt_ids = enc["input_ids"][0]
+    return Features(
+        input_ids=torch.cat([prompt_ids, target_ids]),
+        labels=torch.cat([torch.full_like(prompt_ids, IGNORE), target_ids]),
+        mm_token_type_ids=torch.cat([enc["mm_token_type_ids"][0], torch.zeros_like(target_ids)]),
+        pixel_values=enc["pixel_values"],
+        image_grid_thw=enc["image_grid_thw"],
+    )
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Features on demand; a sample longer than ``max_length`` yields ``None`` (counted, skipped)."""
+
+    def __init__(self, samples: Sequence[RefSample], processor, max_length: int, template: str = "train", instruction: str = "system"):
+        self.samples, self.processor, self.max_length = samples, processor, max_length
+        self.template, self.instruction = template, instruction
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Features | None:
+        features = build_features(self.samples[index], self.processor, self.template, self.instruction)
+        return features if features.input_ids.numel() <= self.max_length else None
+
+
+def collate(items: list[Features | None], pad_id: int) -> dict[str, torch.Tensor] | None:
+    """Right-pad a micro-batch; ``skipped`` counts samples dropped for length."""
+    kept = [f for f in items if f is not None]
+    if not kept:
+        return {"skipped": torch.tensor(len(items))}
+    length = max(f.input_ids.numel() for f in kept)
+
+    def pad(name: str, value: int) -> torch.Tensor:
+        out = torch.full((len(kept), length), value, dtype=torch.long)
+        for row, f in enumerate(kept):
+            seq = getattr(f, name)
+            out[row, : seq.numel()] = seq
+        return out
+
+    input_ids = pad("input_ids", pad_id)
+    attention = torch.zeros_like(input_ids)
+    for row, f in enumerate(kept):
+        attention[row, : f.input_ids.numel()] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "labels": pad("labels", IGNORE),
+        "mm_token_type_ids": pad("mm_token_type_ids", 0),
+        "pixel_values": torch.cat([f.pixel_values for f in kept]),
+        "image_grid_thw": torch.cat([f.image_grid_thw for f in kept]),
+        "skipped": torch.tensor(len(items) - len(kept)),
+    }
+
+
+def epoch_order(num_samples: int, epoch: int, seed: int) -> np.ndarray:
+    """The shuffled sample order of one epoch: the same on every rank and every restart."""
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def step_batches(num_samples: int, seed: int, micro: int, accum: int, rank: int, world: int):
+    """Yield ``(epoch, step_in_epoch, [micro-batch index lists for this rank])`` forever.
+
+    One optimizer step consumes ``micro * accum * world`` samples; an epoch's tail that does not
+    fill a whole step is dropped (its samples come first in a later epoch's shuffle, on average).
+    """
+    per_step = micro * accum * world
+    if num_samples < per_step:
+        raise ValueError(f"{num_samples} training samples cannot fill one step of {per_step} (batch x accum x processes)")
+    epoch = 0
+    while True:
+        order = epoch_order(num_samples, epoch, seed)
+        for step in range(num_samples // per_step):
+            chunk = order[step * per_step : (step + 1) * per_step]
+            mine = chunk[rank::world]
+            yield epoch, step, [mine[i * micro : (i + 1) * micro].tolist() for i in range(accum)]
+        epoch += 1
+
+
+def steps_per_epoch(num_samples: int, micro: int, accum: int, world: int) -> int:
+    return num_samples // (micro * accum * world)

@@ -1,0 +1,1 @@
+"""Training plumbing shared by the SFT and GRPO stages: processes, the learner, checkpoints, logs."""

@@ -1,0 +1,209 @@
+"""The learner: one trainable model, its optimizer and schedule, on 1 process or sharded by DeepSpeed.
+
+SFT and GRPO both drive it the same way::
+
+    for i, micro in enumerate(micro_batches):
+        learner.set_boundary(i == len(micro_batches) - 1)   # before the forward
+        loss = loss_fn(learner(**micro), micro)              # already normalised by the caller
+        learner.backward(loss)
+    stats = learner.step()                                   # clip, update, schedule; grad_norm + lr
+
+The caller normalises the loss over the whole optimizer step (all micro-batches, all ranks), so the
+update does not depend on how a batch is split. DeepSpeed's own scaling is switched off for that
+(``scale_wrt_gas=False``); DeepSpeed still averages gradients over ranks, which callers undo by
+multiplying by the world size (:attr:`Learner.grad_scale`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rexthinker.train import dist
+
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "deepspeed"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scheduler: Literal["cosine", "constant", "linear"] = "cosine"
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class LearnerConfig:
+    strategy: Literal["single", "zero2", "zero3"] = "single"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    deepspeed_config: str | None = None  # a DeepSpeed JSON; default recipes/configs/deepspeed/<strategy>.json
+    gradient_checkpointing: bool = False
+
+
+def resolve_precision(precision: str) -> torch.dtype:
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
+def lr_lambda(optim: OptimConfig, total_steps: int):
+    warmup = math.ceil(optim.warmup_ratio * total_steps) if optim.scheduler != "constant" else 0
+    warmup = max(warmup, 0)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if optim.scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if optim.scheduler == "cosine" else 1.0 - progress
+        return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * shape
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters; no weight decay on biases and norm weights (1-D tensors)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    if not decay and not no_decay:
+        raise ValueError("the model has no trainable parameter (check the freeze settings)")
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def deepspeed_config(cfg: LearnerConfig, optim: OptimConfig, micro_batch_size: int) -> dict:
+    path = Path(cfg.deepspeed_config) if cfg.deepspeed_config else DEEPSPEED_CONFIGS / f"{cfg.strategy}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config not found: {path}")
+    ds = json.loads(path.read_text())
+    ds["train_micro_batch_size_per_gpu"] = micro_batch_size
+    ds["gradient_accumulation_steps"] = 1  # boundaries are set by the caller (set_boundary)
+    ds["gradient_clipping"] = optim.max_grad_norm
+    ds["bf16"] = {"enabled": resolve_precision(cfg.precision) == torch.bfloat16}
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    ds.setdefault("steps_per_print", 10**9)
+    return ds
+
+
+class Learner:
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, cfg: LearnerConfig, total_steps: int, micro_batch_size: int = 1):
+        self.cfg, self.optim_cfg = cfg, optim
+        dtype = resolve_precision(cfg.precision)
+        model.to(dtype=dtype)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas, eps=optim.eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
+        self.engine = None
+        if cfg.strategy == "single":
+            if dist.world_size() > 1:
+                raise ValueError("strategy 'single' runs one process; use zero2 or zero3 with several")
+            model.to(dist.device())
+            self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        else:
+            import deepspeed
+
+            model.to(dist.device())
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                config=deepspeed_config(cfg, optim, micro_batch_size), dist_init_required=False,
+            )  # fmt: skip
+            self.model = self.engine.module
+        self.dtype = dtype
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The unwrapped model (its parameters are partitioned under ZeRO-3)."""
+        return self.model
+
+    @property
+    def grad_scale(self) -> float:
+        """Factor a loss normalised over all ranks needs so gradient averaging yields the sum."""
+        return float(dist.world_size()) if self.engine is not None else 1.0
+
+    def __call__(self, **batch):
+        return (self.engine or self.model)(**batch)
+
+    def set_boundary(self, is_last_micro_batch: bool) -> None:
+        if self.engine is not None:
+            self.engine.set_gradient_accumulation_boundary(is_last_micro_batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.engine is not None:
+            self.engine.backward(loss * self.grad_scale, scale_wrt_gas=False)
+        else:
+            loss.backward()
+
+    def current_lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def step(self) -> dict[str, float]:
+        lr = self.current_lr()
+        if self.engine is not None:
+            self.engine.step()
+            norm = self.engine.get_global_grad_norm()
+            grad_norm = float(norm) if norm is not None else float("nan")
+        else:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.max_grad_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": grad_norm, "lr": lr}
+
+    # --- state --------------------------------------------------------------------------------
+    def save_state(self, folder: Path) -> None:
+        """Weights (full precision), optimizer and schedule; every rank calls it."""
+        folder = Path(folder)
+        if dist.is_main():
+            folder.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(folder), tag="learner")
+        elif dist.is_main():
+            torch.save(
+                {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                folder / "learner.pt",
+            )
+
+    def load_state(self, folder: Path) -> None:
+        folder = Path(folder)
+        if self.engine is not None:
+            path, _ = self.engine.load_checkpoint(str(folder), tag="learner")
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed learner state in {folder}")
+        else:
+            state = torch.load(folder / "learner.pt", map_location=dist.device(), weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Unsharded weights on rank 0 (None elsewhere); every rank must call it under ZeRO-3."""
+        if self.engine is not None and self.engine.zero_optimization_stage() == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+            return state if dist.is_main() else None
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if dist.is_main() else None
+
+    def export_hf(self, folder: Path, processor=None) -> None:
+        """A Hugging Face folder (safetensors, config, generation config, processor) that
+        ``from_pretrained`` and vLLM load directly. Every rank calls it; rank 0 writes."""
+        state = self.full_state_dict()
+        if dist.is_main():
+            folder = Path(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(folder, state_dict=state)
+            if processor is not None:
+                processor.save_pretrained(folder)
+        dist.barrier()
