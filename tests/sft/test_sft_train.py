@@ -1,0 +1,144 @@
+"""SFT training on the tiny model: parameters move as configured, checkpoints load in HF and vLLM,
+an interrupted run resumes to the same weights, DeepSpeed ZeRO-2 runs on CPU with 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rexthinker.sft.__main__ import SFTRun, main
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_steps_change_trainable_parameters_only(make_cfg):
+    run = SFTRun(make_cfg("model.freeze_vision=true", "model.freeze_projector=false"))
+    before = _params(run.model)
+    trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("model.visual.merger.") for n in trainable)
+    assert not any(n.startswith("model.visual.blocks.") for n in trainable)
+    run.train()
+    after = _params(run.model)
+    for name in before:
+        changed = not torch.equal(before[name], after[name])
+        assert changed == (name in trainable), name
+    losses = [json.loads(line)["loss"] for line in (run.out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(l > 0 for l in losses)
+    run.cleanup()
+
+
+def test_bad_model_path_fails_at_once_with_a_hint(make_cfg):
+    with pytest.raises(SystemExit, match="model.path '/nope/model' does not exist"):
+        SFTRun(make_cfg("model.path=/nope/model"))
+
+
+def test_final_checkpoint_loads_in_transformers(make_cfg):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    run = SFTRun(make_cfg())
+    run.train()
+    final = run.finish()
+    trained = {k: v.clone() for k, v in run.model.state_dict().items()}
+    run.cleanup()
+    model = AutoModelForImageTextToText.from_pretrained(final, dtype=torch.float32)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    assert AutoProcessor.from_pretrained(final).chat_template
+    assert (run.out / "loss_curve.png").stat().st_size > 1000
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch):
+    reference = SFTRun(make_cfg("trainer.max_steps=4", f"trainer.output_dir={tmp_path / 'ref'}"))
+    reference.train()
+    expected = {k: v.clone() for k, v in reference.model.state_dict().items()}
+    reference.cleanup()
+
+    cfg = make_cfg("trainer.max_steps=4", "trainer.save_every=2", f"trainer.output_dir={tmp_path / 'crash'}")
+    run = SFTRun(cfg)
+    real_step, calls = run.learner.step, []
+
+    def failing_step():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Crash("simulated crash during step 3")
+        return real_step()
+
+    monkeypatch.setattr(run.learner, "step", failing_step)
+    with pytest.raises(Crash):
+        run.train()
+    run.cleanup()
+    assert sorted(p.name for p in (tmp_path / "crash" / "checkpoints").iterdir()) == ["step-2"]
+
+    resumed = SFTRun(cfg)
+    assert resumed.step == 2
+    resumed.train()
+    assert resumed.step == 4
+    for key, value in resumed.model.state_dict().items():
+        assert torch.allclose(value, expected[key], atol=1e-6, rtol=0), key
+    resumed.cleanup()
+
+
+@pytest.mark.vllm
+def test_sft_checkpoint_loads_and_generates_in_vllm(make_cfg):
+    from vllm import LLM, SamplingParams
+
+    run = SFTRun(make_cfg("trainer.max_steps=1"))
+    run.train()
+    final = run.finish()
+    run.cleanup()
+    llm = LLM(model=str(final), dtype="float32", max_model_len=2048, limit_mm_per_prompt={"image": 1}, seed=0, enforce_eager=True)
+    from rexthinker.data.sources import open_samples
+    from rexthinker.generation import vllm_generate
+
+    gens = vllm_generate(llm, run.processor, [open_samples(run.cfg.data.val)[0]], SamplingParams(max_tokens=4, temperature=0.0))
+    assert gens[0].num_tokens >= 1
+    del llm
+
+
+def _cli(make_cfg_overrides, tmp_path, name, env_extra=None):
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
+    cmd = [sys.executable, "-m", "rexthinker.sft", "--config", "recipes/configs/sft_demo.yaml", *make_cfg_overrides,
+           f"trainer.output_dir={tmp_path / name}", "eval.enabled=false"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def _common(tiny_model_path, sft_data):
+    return [f"model.path={tiny_model_path}", f"data.train=[{sft_data / 'train'}]", "learner.precision=fp32",
+            "optim.lr=1e-3", "optim.warmup_ratio=0.0", "trainer.max_steps=1", "trainer.grad_accum=1",
+            "trainer.report_to=[jsonl]", "data.max_length=4096"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tiny_model_path, sft_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft_single")
+    overrides = _common(tiny_model_path, sft_data) + ["trainer.nproc=1", "learner.strategy=single", "trainer.per_device_batch_size=4"]
+    return _cli(overrides, root, "single"), root / "single"
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_deepspeed_two_cpu_processes_match_one_process(tiny_model_path, sft_data, tmp_path, strategy, single_process_run):
+    """Same global batch (2 x 2 processes vs 4 x 1): same loss at step 1 and same weights after a step."""
+    single, single_dir = single_process_run
+    overrides = _common(tiny_model_path, sft_data) + ["trainer.nproc=2", f"learner.strategy={strategy}", "trainer.per_device_batch_size=2"]
+    multi = _cli(overrides, tmp_path, strategy)
+    assert multi[0]["loss"] == pytest.approx(single[0]["loss"], rel=1e-5)
+    assert multi[0]["grad_norm"] == pytest.approx(single[0]["grad_norm"], rel=1e-3)
+    a = load_file(str(single_dir / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / strategy / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
