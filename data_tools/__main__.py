@@ -13,6 +13,11 @@ import sys
 
 COMMANDS = {
     "synthref": "data_tools.synthref",
+    "prepare": "data_tools.prepare",
+    "refcocog": "data_tools.refcocog",
+    "reallod": "data_tools.reallod",
+    "inspect": "data_tools.inspect_data",
+    "visualize": "data_tools.visualize",
 }
 
 

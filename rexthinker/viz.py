@@ -6,12 +6,14 @@ photo are equally readable.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import textwrap
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from rexthinker.coords import to_original_frame
@@ -36,10 +38,10 @@ def _in_image_frame(sample: RefSample, boxes: Sequence[Sequence[float]], size: t
     return [to_original_frame(b, sample.box_frame, size) for b in boxes]
 
 
-def draw_sample(sample: RefSample) -> Image.Image:
+def draw_sample(sample: RefSample, image: Image.Image | None = None) -> Image.Image:
     """The sample's image with hint box k labelled "k" (Person k) and answer boxes drawn thicker in
-    another colour."""
-    image = sample.load_image()
+    another colour. ``image`` replaces the sample's own decoded image (same size; drawn on a copy)."""
+    image = sample.load_image() if image is None else image.convert("RGB")
     draw = ImageDraw.Draw(image)
     size = image.size
     short = min(size)
@@ -71,7 +73,7 @@ def _caption(sample: RefSample) -> str:
         answer = "answer: none (rejection)"
     else:
         answer = "answer: " + ", ".join(str(i + 1) for i in sample.answer_indices)
-    return f"[{where}] {sample.referring}\n{answer}"
+    return (f"[{where}] " if where else "") + f"{sample.referring}\n{answer}"
 
 
 def render_grid(
@@ -80,10 +82,12 @@ def render_grid(
     cols: int = 4,
     tile_size: tuple[int, int] = (320, 240),
     caption_height: int = 72,
+    masks: bool = False,
 ) -> Image.Image:
     """Write a PNG contact sheet of ``draw_sample`` tiles, each captioned with its domain, referring
     expression and answer; the sheet is ``cols * tile_w`` by ``rows * (tile_h + caption_height)``
-    (fewer columns when there are fewer samples). Returns the sheet."""
+    (fewer columns when there are fewer samples). ``masks`` also paints the answer masks of samples
+    that carry them. Returns the sheet."""
     if not samples:
         raise ValueError("render_grid needs at least one sample")
     cols = max(1, min(cols, len(samples)))
@@ -99,16 +103,244 @@ def render_grid(
     max_lines = max(1, (caption_height - 4) // line_h)
     for n, sample in enumerate(samples):
         x, y = (n % cols) * tile_w, (n // cols) * cell_h
-        tile = draw_sample(sample)
+        tile = draw_sample_with_masks(sample) if masks else draw_sample(sample)
         tile.thumbnail((tile_w, tile_h))
         sheet.paste(tile, (x + (tile_w - tile.width) // 2, y + (tile_h - tile.height) // 2))
-        lines = [part for para in _caption(sample).split("\n") for part in textwrap.wrap(para, chars) or [""]]
+        lines = ["".join(tokens) for tokens in wrap_marked_text(_caption(sample), caption_font, tile_w - 8)]
         if len(lines) > max_lines:
             lines = lines[:max_lines]
             lines[-1] = lines[-1][: max(0, chars - 1)] + "\u2026"
+        caption = Image.new("RGB", (tile_w - 1, caption_height), (255, 255, 255))  # clips long words
+        caption_draw = ImageDraw.Draw(caption)
         for k, line in enumerate(lines):
-            draw.text((x + 4, y + tile_h + 2 + k * line_h), line, font=caption_font, fill=(0, 0, 0))
+            caption_draw.text((4, 2 + k * line_h), line, font=caption_font, fill=(0, 0, 0))
+        sheet.paste(caption, (x, y + tile_h))
         draw.rectangle([x, y, x + tile_w - 1, y + cell_h - 1], outline=(200, 200, 200))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, format="PNG")
+    return sheet
+
+
+# --------------------------------------------------------------------------------------------------
+# Masks
+
+MASK_ALPHA = 0.45
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """A COCO RLE (``{"size": [h, w], "counts": ...}``) as a boolean ``(h, w)`` mask. ``counts`` is
+    either the uncompressed list of run lengths or COCO's compressed string: each run is a
+    variable-length number written 5 bits per character (offset 48, bit 0x20 = more characters
+    follow, bit 0x10 of the last character = negative), and from the third run on it is stored as
+    the difference to the run two places back. Runs alternate 0 and 1, column-major."""
+    h, w = rle["size"]
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes)):
+        text = counts.decode("ascii") if isinstance(counts, bytes) else counts
+        runs: list[int] = []
+        pos = 0
+        while pos < len(text):
+            value, shift, more = 0, 0, True
+            while more:
+                c = ord(text[pos]) - 48
+                value |= (c & 0x1F) << shift
+                more = bool(c & 0x20)
+                pos += 1
+                shift += 5
+                if not more and c & 0x10:
+                    value |= -1 << shift
+            if len(runs) > 2:
+                value += runs[-2]
+            runs.append(value)
+        counts = runs
+    flat = np.repeat(np.arange(len(counts)) % 2 == 1, np.asarray(counts, dtype=np.int64))
+    if flat.size != h * w:
+        raise ValueError(f"RLE covers {flat.size} pixels, expected {h}x{w}={h * w}")
+    return flat.reshape((w, h)).T
+
+
+def segmentation_mask(segmentation, size: tuple[int, int]) -> np.ndarray:
+    """A boolean ``(h, w)`` mask from an RLE dict or a COCO polygon list, for a ``(w, h)`` image."""
+    if isinstance(segmentation, dict):
+        return decode_rle(segmentation)
+    canvas = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon in segmentation:
+        if len(polygon) >= 6:
+            draw.polygon(list(zip(polygon[0::2], polygon[1::2])), fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def overlay_masks(
+    image: Image.Image, masks: Sequence[np.ndarray], color=ANSWER_COLOR, alpha: float = MASK_ALPHA
+) -> Image.Image:
+    """``image`` with each mask blended in ``color``; masks of another size than the image are skipped."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    tint = np.asarray(color, dtype=np.float32)
+    for mask in masks:
+        if mask.shape != pixels.shape[:2]:
+            continue
+        pixels[mask] = (1 - alpha) * pixels[mask] + alpha * tint
+    return Image.fromarray(pixels.round().astype(np.uint8))
+
+
+def draw_sample_with_masks(sample: RefSample) -> Image.Image:
+    """:func:`draw_sample` on top of the sample's answer masks (``extra["answer_segmentations"]``)."""
+    segmentations = sample.extra.get("answer_segmentations") or []
+    if not segmentations:
+        return draw_sample(sample)
+    base = sample.load_image()
+    masks = [segmentation_mask(seg, base.size) for seg in segmentations]
+    return draw_sample(sample, overlay_masks(base, masks))
+
+
+# --------------------------------------------------------------------------------------------------
+# Trace text with ✅ / ❌ / ⚠ marks
+
+MARK_COLORS = {"\u2705": (28, 160, 60), "\u274c": (215, 40, 40), "\u26a0": (235, 150, 0)}
+_MARK_SPLIT = re.compile("([\u2705\u274c\u26a0]\ufe0f?|\\s+)")
+
+
+@functools.cache
+def font_has_glyph(char: str, path: str = str(FONT_PATH)) -> bool:
+    """Whether the TrueType font at ``path`` maps ``char`` to a glyph (False without the font)."""
+    if not Path(path).exists():
+        return False
+    from fontTools.ttLib import TTFont
+
+    with TTFont(path, lazy=True) as face:
+        return ord(char) in face.getBestCmap()
+
+
+def draw_mark(draw: ImageDraw.ImageDraw, mark: str, x: float, y: float, size: float) -> None:
+    """A mark as a coloured vector shape in the ``size`` square at ``(x, y)``: a green check, a red
+    cross or an amber warning triangle."""
+    color = MARK_COLORS[mark]
+    stroke = max(2, round(size / 6))
+    if mark == "\u2705":
+        points = [
+            (x + 0.12 * size, y + 0.55 * size),
+            (x + 0.4 * size, y + 0.82 * size),
+            (x + 0.88 * size, y + 0.2 * size),
+        ]
+        draw.line(points, fill=color, width=stroke, joint="curve")
+    elif mark == "\u274c":
+        a, b = 0.18 * size, 0.82 * size
+        draw.line([(x + a, y + a), (x + b, y + b)], fill=color, width=stroke)
+        draw.line([(x + a, y + b), (x + b, y + a)], fill=color, width=stroke)
+    else:
+        draw.polygon(
+            [(x + size / 2, y + 0.08 * size), (x + 0.96 * size, y + 0.9 * size), (x + 0.04 * size, y + 0.9 * size)],
+            fill=color,
+        )
+        bar = max(1, round(size / 10))
+        draw.rectangle(
+            [x + size / 2 - bar / 2, y + 0.35 * size, x + size / 2 + bar / 2, y + 0.64 * size], fill=(255, 255, 255)
+        )
+        draw.rectangle(
+            [x + size / 2 - bar / 2, y + 0.72 * size, x + size / 2 + bar / 2, y + 0.8 * size], fill=(255, 255, 255)
+        )
+
+
+def _token_width(token: str, text_font) -> float:
+    if token[:1] in MARK_COLORS:
+        return text_font.size if hasattr(text_font, "size") else 12
+    return text_font.getlength(token)
+
+
+def wrap_marked_text(text: str, text_font, width: float) -> list[list[str]]:
+    """``text`` broken into lines of tokens (words, spaces, marks) no wider than ``width`` where
+    possible; a mark counts one em wide. Explicit newlines are kept."""
+    lines: list[list[str]] = []
+    for paragraph in text.split("\n"):
+        line: list[str] = []
+        used = 0.0
+        for token in (t for t in _MARK_SPLIT.split(paragraph) if t):
+            w = _token_width(token, text_font)
+            if token.isspace():
+                if line:
+                    line.append(token)
+                    used += w
+                continue
+            if line and used + w > width:
+                while line and line[-1].isspace():
+                    line.pop()
+                lines.append(line)
+                line, used = [], 0.0
+            line.append(token)
+            used += w
+        lines.append(line)
+    return lines
+
+
+def draw_marked_text(
+    draw: ImageDraw.ImageDraw, xy: tuple[float, float], lines: Sequence[Sequence[str]], text_font,
+    fill=(0, 0, 0), line_height: float | None = None,
+) -> float:  # fmt: skip
+    """Draw wrapped lines at ``xy``; marks the font has are drawn as glyphs in their colour, the
+    others as :func:`draw_mark` shapes. Returns the height used."""
+    size = text_font.size if hasattr(text_font, "size") else 12
+    step = line_height or round(size * 1.3)
+    x0, y = xy
+    for line in lines:
+        x = x0
+        for token in line:
+            mark = token[:1]
+            if mark in MARK_COLORS:
+                if font_has_glyph(mark):
+                    draw.text((x, y), mark, font=text_font, fill=MARK_COLORS[mark])
+                else:
+                    draw_mark(draw, mark, x, y + (step - size) / 2, size)
+                x += size
+            else:
+                draw.text((x, y), token, font=text_font, fill=fill)
+                x += text_font.getlength(token)
+        y += step
+    return y - xy[1]
+
+
+def render_trace_panel(
+    sample: RefSample, width: int = 1200, image_width: int = 440, font_size: int = 13
+) -> Image.Image:
+    """One HumanRef-CoT sample: the image with hint k labelled "k" (Person k of the trace) on the
+    left, and the referring expression, the answer and the whole trace (marks in colour) on the right."""
+    picture = draw_sample(sample)
+    picture.thumbnail((image_width, 10_000))
+    text_font = font(font_size)
+    head_font = font(font_size + 2)
+    margin = 10
+    text_x = picture.width + 2 * margin
+    text_w = width - text_x - margin
+    answer = ", ".join(str(i + 1) for i in sample.answer_indices) or "none (rejection)"
+    header = wrap_marked_text(f"{sample.referring}\nanswer: {answer}   [{sample.id}]", head_font, text_w)
+    body = wrap_marked_text(sample.think or "(no trace)", text_font, text_w)
+    step = round(font_size * 1.3)
+    height = max(
+        picture.height + 2 * margin, 2 * margin + len(header) * round((font_size + 2) * 1.3) + 6 + len(body) * step
+    )
+    panel = Image.new("RGB", (width, height), (255, 255, 255))
+    panel.paste(picture, (margin, margin))
+    draw = ImageDraw.Draw(panel)
+    used = draw_marked_text(draw, (text_x, margin), header, head_font, fill=(20, 20, 120))
+    draw_marked_text(draw, (text_x, margin + used + 6), body, text_font, line_height=step)
+    draw.rectangle([0, 0, width - 1, height - 1], outline=(200, 200, 200))
+    return panel
+
+
+def render_panels(panels: Sequence[Image.Image], path: str | os.PathLike, cols: int = 1) -> Image.Image:
+    """Stack panels in a grid (rows as tall as their tallest panel) and write it as PNG."""
+    if not panels:
+        raise ValueError("render_panels needs at least one panel")
+    cols = max(1, min(cols, len(panels)))
+    rows = [panels[k : k + cols] for k in range(0, len(panels), cols)]
+    cell_w = max(p.width for p in panels)
+    heights = [max(p.height for p in row) for row in rows]
+    sheet = Image.new("RGB", (cols * cell_w, sum(heights)), (255, 255, 255))
+    y = 0
+    for row, h in zip(rows, heights):
+        for k, p in enumerate(row):
+            sheet.paste(p, (k * cell_w, y))
+        y += h
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, format="PNG")
     return sheet

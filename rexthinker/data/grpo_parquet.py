@@ -18,7 +18,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -183,6 +183,18 @@ def read_grpo_parquet(
     are ``<file stem>-<row>``; ``domain``, ``sub_domain`` and ``think`` are not stored and stay empty.
     Bad rows are reported with their 0-based row index.
     """
+    return [sample for _, sample in iter_grpo_parquet(path, on_error, min_pixels, max_pixels, report)]
+
+
+def iter_grpo_parquet(
+    path: str | os.PathLike,
+    on_error: str = "raise",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    report: ErrorReport | None = None,
+) -> Iterator[tuple[int, RefSample]]:
+    """:func:`read_grpo_parquet` one row at a time, as ``(0-based row index, sample)`` pairs, so a
+    large file is never held in memory."""
     if (min_pixels is None) != (max_pixels is None):
         raise ValueError("pass both min_pixels and max_pixels, or neither")
     path = Path(path)
@@ -191,7 +203,6 @@ def read_grpo_parquet(
     missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names]
     if missing:
         raise DataError(f"{path}: missing columns {missing}; a GRPO file has {list(COLUMNS)}")
-    samples = []
     row = -1
     for batch in parquet.iter_batches(batch_size=512, columns=list(COLUMNS)):
         cells = {c: batch.column(c).to_pylist() for c in COLUMNS}
@@ -202,9 +213,8 @@ def read_grpo_parquet(
                 continue
             if min_pixels is not None:
                 sample.box_frame = model_frame_size(*sample.image_size, min_pixels, max_pixels)
-            samples.append(sample)
+            yield row, sample
     fail.finish(str(path))
-    return samples
 
 
 def _parse_row(path: Path, row: int, image, problem, answer, fail: RowErrorPolicy) -> RefSample | None:

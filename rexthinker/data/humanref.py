@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rexthinker.data.errors import ErrorReport, ImageCheckError, RowErrorPolicy, as_boxes, checked_image_size
@@ -113,10 +113,21 @@ def read_humanref(
     into ``image_bytes`` and checked (a missing, truncated or unreadable image is a row error), and
     ``image_size`` is filled in. ``on_error="skip"`` records bad rows in ``report`` and goes on.
     """
+    return [sample for _, sample in iter_humanref(jsonl_path, image_root, on_error, load_images, report)]
+
+
+def iter_humanref(
+    jsonl_path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    on_error: str = "raise",
+    load_images: bool = True,
+    report: ErrorReport | None = None,
+) -> Iterator[tuple[int, RefSample]]:
+    """:func:`read_humanref` one row at a time, as ``(1-based line number, sample)`` pairs, so a
+    large file is never held in memory and every sample can be traced back to its line."""
     path = Path(jsonl_path)
     root = Path(image_root) if image_root is not None else path.parent / IMAGES_DIR
     fail = RowErrorPolicy(on_error, report)
-    samples = []
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
@@ -137,9 +148,8 @@ def read_humanref(
                     fail(path, line_no, f"image {image_path}: {exc}", "bad_image")
                     continue
                 sample.image_bytes = data
-            samples.append(sample)
+            yield line_no, sample
     fail.finish(str(path))
-    return samples
 
 
 def _parse_row(line: str, path: Path, line_no: int, fail: RowErrorPolicy) -> RefSample | None:
