@@ -1,0 +1,1 @@
+"""HumanRef evaluation: the benchmark metric (``evaluation.metric``) and its reports."""
