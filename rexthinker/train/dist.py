@@ -37,12 +37,17 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+_OWNED = False  # whether init() created the default group (so cleanup() may destroy it)
+
+
 def init() -> None:
     """Join the process group when launched with several processes; a no-op for one."""
+    global _OWNED
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch_dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank())
         torch_dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        _OWNED = True
 
 
 def barrier() -> None:
@@ -67,8 +72,12 @@ def broadcast_object(obj):
 
 
 def cleanup() -> None:
-    if torch_dist.is_initialized():
+    """Destroy the default group if this module created it; a group someone else made (an
+    in-process vLLM engine makes one) is left alone."""
+    global _OWNED
+    if _OWNED and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+    _OWNED = False
 
 
 def relaunch(nproc: int, module: str, argv: list[str]) -> int | None:
