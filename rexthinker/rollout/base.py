@@ -1,0 +1,67 @@
+"""The rollout interface shared by the vLLM and transformers backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["vllm", "hf"] = "vllm"
+    n: int = 16  # samples per prompt
+    temperature: float = 1.0
+    top_p: float = 0.99
+    max_new_tokens: int = 4096
+    max_model_len: int = 8192  # prompt + response tokens (vLLM)
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.6
+    enforce_eager: bool = False
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    hf_batch_size: int = 16  # sequences per generate() call of the transformers backend
+    extra: dict = field(default_factory=dict)  # passed to vllm.LLM as is
+
+
+@dataclass
+class Request:
+    """One prompt: chat-template text holding a single ``<|image_pad|>`` and its image."""
+
+    prompt: str
+    image: Image.Image
+    seed: int  # sampling seed of this prompt's n completions (reproducible rollouts)
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] | None  # the sampler's log-prob of each token, when available
+    finish_reason: str | None  # "stop" (end of turn), "length" (hit max_new_tokens) or None
+
+
+class RolloutEngine(Protocol):
+    def generate(self, requests: list[Request], n: int) -> list[list[Completion]]: ...
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def forbidden_token_ids(tokenizer) -> list[int]:
+    """Tokens a completion must never contain: the vision placeholders. One sampled ``<|image_pad|>``
+    in a response makes the learner's forward fail ("image features and image tokens do not
+    match"), and a random or young policy does sample them. Both backends suppress them at
+    sampling time; the returned log-probs stay the model's raw ones."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
+    return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+
+
+def resolve_dtype(dtype: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if torch.cuda.is_available() else "float32"
+    return dtype

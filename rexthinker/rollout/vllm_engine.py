@@ -1,0 +1,81 @@
+"""vLLM rollouts with in-place weight updates.
+
+Facts this relies on (measured with vLLM 0.32, see dev/LOG.md):
+- prompts are given as *text* holding one ``<|image_pad|>`` per image; vLLM expands it to the
+  image's token count itself (token-id prompts that are already expanded get expanded twice);
+- new weights go in with the worker's ``reload_weights`` (checkpoint format: HF names, full
+  tensors), which reprocesses them the way loading from disk does (the CPU backend repacks linear
+  weights); a *tied* ``lm_head`` shares the embedding but is not reprocessed by it, so its
+  ``process_weights_after_loading`` is run again; encoder (image embedding) and prefix caches hold
+  results of the old weights and are cleared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from rexthinker.rollout.base import Completion, Request, RolloutConfig, resolve_dtype
+
+
+def _refresh_tied_head(worker) -> bool:
+    """Run on the worker: re-process a tied lm_head after its embedding changed."""
+    model = worker.model_runner.get_model()
+    language_model = getattr(model, "language_model", model)
+    head = getattr(language_model, "lm_head", None)
+    if head is None or not getattr(language_model.config, "tie_word_embeddings", False):
+        return False
+    method = getattr(head, "quant_method", None)
+    if method is not None and hasattr(method, "process_weights_after_loading"):
+        method.process_weights_after_loading(head)
+        return True
+    return False
+
+
+class VLLMRollout:
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, forbidden: list[int] | None = None):
+        from vllm import LLM
+
+        self.cfg, self.forbidden = cfg, list(forbidden or [])
+        kwargs = dict(
+            model=str(model_path), dtype=resolve_dtype(cfg.dtype), max_model_len=cfg.max_model_len, seed=seed,
+            limit_mm_per_prompt={"image": 1, "video": 0}, tensor_parallel_size=cfg.tensor_parallel_size,
+            enforce_eager=cfg.enforce_eager,
+        )  # fmt: skip
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        kwargs.update(cfg.extra)
+        self.llm = LLM(**kwargs)
+
+    def generate(self, requests: list[Request], n: int) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        inputs = [{"prompt": r.prompt, "multi_modal_data": {"image": r.image}} for r in requests]
+        params = [
+            SamplingParams(
+                n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_new_tokens,
+                seed=r.seed, logprobs=0, skip_special_tokens=True,
+                logit_bias={t: -100.0 for t in self.forbidden} or None,
+            )  # fmt: skip
+            for r in requests
+        ]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            group = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                logprobs = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)] if c.logprobs else None
+                group.append(Completion(list(c.token_ids), c.text, logprobs, c.finish_reason))
+            result.append(group)
+        return result
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
+        self.llm.collective_rpc(_refresh_tied_head)
+        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_mm_cache()
+
+    def close(self) -> None:
+        del self.llm

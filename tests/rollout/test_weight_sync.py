@@ -1,0 +1,84 @@
+"""The test that catches rollout/learner mismatches: after pushing new weights into the vLLM engine,
+its log-probs of its own samples must equal the learner's (transformers) log-probs of the same
+tokens, for the same image and prompt."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from rexthinker.data.synthref import generate
+from rexthinker.generation import render
+from rexthinker.grpo.experience import TokenSequence, collate, encode_prompt, token_logprobs_and_entropy
+from rexthinker.rollout.base import Request, RolloutConfig, forbidden_token_ids
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def perturbed(tiny_model_path):
+    """The tiny model with every weight moved: what a learner holds after some updates."""
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model
+
+
+def _requests(processor, k=3):
+    samples = generate(k, seed=21, split="val")
+    return [Request(prompt, image, seed=100 + i) for i, (_, _, prompt, image) in enumerate(render(samples, processor))]
+
+
+def test_vllm_logprobs_match_the_learner_after_a_weight_sync(tiny_model_path, tiny_vllm, perturbed):
+    from rexthinker.rollout.vllm_engine import VLLMRollout
+
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    engine = VLLMRollout.__new__(VLLMRollout)  # reuse the session's engine instead of a second one
+    engine.llm, engine.cfg = tiny_vllm, RolloutConfig(temperature=1.0, top_p=1.0, max_new_tokens=12)
+    engine.forbidden = forbidden_token_ids(processor.tokenizer)
+    requests = _requests(processor)
+
+    before = engine.generate(requests, n=2)
+    engine.load_weights((name, p.detach().clone()) for name, p in perturbed.state_dict().items())
+    after = engine.generate(requests, n=2)
+    assert [[c.token_ids for c in g] for g in before] != [[c.token_ids for c in g] for g in after]
+
+    seqs, sampler = [], []
+    for request, group in zip(requests, after):
+        prompt = encode_prompt(processor, request.prompt, request.image)
+        for c in group:
+            seqs.append(TokenSequence(prompt, c.token_ids))
+            sampler.append(torch.tensor(c.logprobs))
+    batch = collate(seqs, processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        learner, _ = token_logprobs_and_entropy(perturbed, batch)
+    diffs = []
+    for row, expected in enumerate(sampler):
+        got = learner[row][batch["response_mask"][row]]
+        assert got.numel() == expected.numel()
+        diffs.append((got - expected).abs().max().item())
+    print(f"max |log-prob vLLM - learner| after sync: {max(diffs):.2e}")
+    assert max(diffs) <= 1e-3, diffs
+    forbidden = set(engine.forbidden)
+    assert forbidden and not any(forbidden & set(c.token_ids) for g in after for c in g)
+
+    # Restore the session engine's original weights for the tests that follow.
+    original = AutoModelForImageTextToText.from_pretrained(tiny_model_path, dtype=torch.float32)
+    engine.load_weights((name, p.detach().clone()) for name, p in original.state_dict().items())
+
+
+def test_same_seed_same_rollouts(tiny_model_path, tiny_vllm):
+    from rexthinker.rollout.vllm_engine import VLLMRollout
+
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    engine = VLLMRollout.__new__(VLLMRollout)
+    engine.llm, engine.cfg = tiny_vllm, RolloutConfig(temperature=1.0, top_p=0.99, max_new_tokens=8)
+    engine.forbidden = forbidden_token_ids(processor.tokenizer)
+    requests = _requests(processor, 2)
+    a = engine.generate(requests, n=3)
+    b = engine.generate(requests, n=3)
+    assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
+    assert all(len(g) == 3 for g in a)
