@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from rexthinker.grpo.algorithm import entropy_from_logits, token_logprobs
 
 
 @dataclass
@@ -86,13 +87,11 @@ def token_logprobs_and_entropy(model, batch: dict[str, torch.Tensor], with_entro
     """Per-token log-prob of each token given its prefix, aligned with ``input_ids`` (position t
     holds log p(x_t | x_<t); position 0 is 0), in float32; optionally the entropy at each position."""
     inputs = {k: v for k, v in batch.items() if k != "response_mask"}
-    logits = model(**inputs).logits[:, :-1].float()
-    logp = F.log_softmax(logits, dim=-1)
-    targets = batch["input_ids"][:, 1:]
+    logits = model(**inputs).logits[:, :-1]
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32, device=logits.device)
-    out[:, 1:] = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    out[:, 1:] = token_logprobs(logits, batch["input_ids"][:, 1:])
     if not with_entropy:
         return out, None
     entropy = torch.zeros_like(out)
-    entropy[:, 1:] = -(logp.exp() * logp).sum(-1)
+    entropy[:, 1:] = entropy_from_logits(logits)
     return out, entropy

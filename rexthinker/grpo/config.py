@@ -1,0 +1,100 @@
+"""The GRPO config schema. Values live in ``recipes/configs/grpo*.yaml``; see ``rexthinker.config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rexthinker.rollout.base import RolloutConfig
+from rexthinker.train.learner import LearnerConfig, OptimConfig
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # the policy to start from (an SFT or Rex-Thinker checkpoint)
+    freeze_vision: bool = True
+    freeze_projector: bool = True
+    min_pixels: int | None = None  # None keeps the checkpoint processor's limits
+    max_pixels: int | None = None
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # GRPO parquet, HumanRef jsonl, HumanRef-CoT prefixes
+    val: list[str] = field(default_factory=list)
+    max_samples: int | None = None
+    template: str = "train"
+    instruction: Literal["system", "user_suffix", "none"] = "system"
+    shuffle_hints: bool = False  # the paper's per-sample hint-order shuffling
+
+
+@dataclass
+class AlgorithmConfig:
+    prompts_per_step: int = 64
+    advantage: Literal["grpo", "drgrpo"] = "grpo"
+    clip_low: float = 0.2
+    clip_high: float = 0.3
+    kl_coef: float = 0.01  # 0 disables the reference model
+    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = "low_var_kl"
+    kl_mode: Literal["loss", "reward"] = "loss"  # KL as a loss term, or as a reward penalty
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    ppo_epochs: int = 1  # passes over each rollout batch
+    mini_batches: int = 1  # optimizer steps per pass
+    micro_batch_tokens: int = 16384  # padded tokens per forward/backward (token-budget micro-batching)
+    filter_zero_variance: bool = False  # DAPO-style: drop groups whose rewards are all equal
+    entropy_coef: float = 0.0
+
+
+@dataclass
+class RewardConfig:
+    function: str = "rewards/referring.py:compute_score"
+    kwargs: dict = field(default_factory=dict)
+    strict: bool = False  # re-raise a reward's exception instead of scoring the sample 0
+
+
+@dataclass
+class ResourcesConfig:
+    ray_address: str | None = None  # None: $RAY_ADDRESS or a local cluster
+    gpus: int = 0  # GPUs for this run (0 on CPU machines)
+    rollout_engines: int = 1
+    learner_ranks: int = 1  # >1 needs learner.strategy zero2/zero3
+    colocate: bool = True  # share GPUs between rollout and learner (vLLM sleeps while the learner trains)
+    threads_per_actor: int | None = None  # torch threads in each actor; None: all cores
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str = "outputs/grpo"
+    total_steps: int | None = None  # None: epochs x steps per epoch
+    epochs: float = 1.0
+    seed: int = 1
+    log_every: int = 1
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    resume: bool = True
+    sample_table_every: int = 10  # log a table of generations every K steps
+    report_to: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard", "wandb"])
+    run_name: str = "grpo"
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = False
+    num_samples: int = 200
+    batch_size: int = 32
+    max_new_tokens: int = 1024
+
+
+@dataclass
+class GRPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-6, scheduler="constant", warmup_ratio=0.0))
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
