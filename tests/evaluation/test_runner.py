@@ -1,0 +1,182 @@
+"""The HumanRef runner: prediction rows, resume, a repaired truncated file, the metric at the end,
+Ray data parallelism. The tiny model's answers are noise, so structure is checked on it; an oracle
+that copies the right hint boxes checks the coordinates and the scores end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from evaluation.run_humanref import PredictionLog, RunConfig, main, run
+from rexthinker.coords import model_frame_size, to_original_frame
+from rexthinker.data.humanref import read_humanref, write_humanref
+from rexthinker.data.synthref import generate
+from rexthinker.generation import Generation, render
+from rexthinker.inference import Referrer
+from rexthinker.parsing import parse_completion
+from rexthinker.prompts import answer_json
+
+ROW_KEYS = {"id", "extracted_predictions", "raw_response", "prompt"}
+# seed 3 gives all five SynthRef domains, a rejection among them, in six samples
+SEED, N = 3, 6
+
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthref_humanref")
+    return write_humanref(generate(N, seed=SEED, split="test"), root)
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _config(benchmark, out, **kw) -> RunConfig:
+    # small pixel limits keep the tiny model fast; the runner's defaults are the evaluation's
+    base = dict(
+        model=str(kw.pop("model")), gt=str(benchmark), out=str(out), min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28,
+        max_new_tokens=8, batch_size=2, num_workers=0, charts=False, progress=False,
+    )  # fmt: skip
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    """``Referrer.generate`` answers with exactly the ground-truth hints (and loads no engine)."""
+
+    def generate(self, samples, progress=False):
+        out = []
+        for sample, info, prompt, _ in render(samples, self.processor, self.template, self.instruction):
+            answer = answer_json(info.answer_boxes, sample.referring)
+            text = f"<think>- Person 1: ok → ✅</think><answer>{answer}</answer>"
+            out.append(Generation(sample, info, prompt, text, 7))
+        return out
+
+    monkeypatch.setattr(Referrer, "generate", generate)
+    return object()  # the "engine" handed to run()
+
+
+@pytest.mark.vllm
+def test_tiny_model_rows_resume_and_metric(benchmark, tmp_path, tiny_model_path, tiny_vllm, capsys):
+    cfg = _config(benchmark, tmp_path, model=tiny_model_path, limit=3)
+    record = run(cfg, engine=tiny_vllm)
+    predictions = tmp_path / "predictions.jsonl"
+    first = predictions.read_text(encoding="utf-8").splitlines()
+    ids = [s.id for s in read_humanref(benchmark, load_images=False)]
+    assert [json.loads(line)["id"] for line in first] == ids[:3]
+    assert record["runs"][-1]["generated"] == 3 and record["runs"][-1]["done_before"] == 0
+
+    cfg.limit = None
+    record = run(cfg, engine=tiny_vllm)
+    lines = predictions.read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert lines[:3] == first  # the earlier rows are untouched
+    assert [r["id"] for r in rows] == ids  # every id once, in ground-truth order
+    samples = {s.id: s for s in read_humanref(benchmark)}
+    for row in rows:  # the answers are noise, but whatever boxes they hold are mapped to original pixels
+        assert set(row) == ROW_KEYS and isinstance(row["raw_response"], str) and "<|image_pad|>" in row["prompt"]
+        size = samples[row["id"]].image_size
+        frame = model_frame_size(*size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        answer = parse_completion(row["raw_response"]).answer
+        assert row["extracted_predictions"] == [to_original_frame(b, frame, size) for b in answer.boxes]
+    session = record["runs"][-1]
+    assert session["generated"] == 3 and session["done_before"] == 3 and session["samples_per_s"] > 0
+    assert json.loads((tmp_path / "run.json").read_text())["runs"][-1] == session
+    assert (tmp_path / "comparison.md").exists() and (tmp_path / "comparison.json").exists()
+    assert "All Data" in capsys.readouterr().out
+
+
+def test_oracle_scores_perfectly_at_evaluation_pixels(benchmark, tmp_path, tiny_model_path, oracle):
+    """At the evaluation's pixel limits (SynthRef images are upscaled), hints copied back map to
+    boxes the metric matches at every threshold: the frames are right."""
+    cfg = _config(benchmark, tmp_path, model=tiny_model_path, min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28)
+    record = run(cfg, engine=oracle)
+    (result,) = record["results"]
+    assert result.all_data.densityf1_50 == 1.0 and result.all_data.densityf1_50_95 > 0.95
+    assert result.rejection_score == result.rejection_total == 1
+    truth = {s.id: s for s in read_humanref(benchmark, load_images=False)}
+    for row in _rows(tmp_path / "predictions.jsonl"):
+        expected = truth[row["id"]].answer_boxes
+        assert len(row["extracted_predictions"]) == len(expected)
+        for got, want in zip(sorted(row["extracted_predictions"]), sorted(expected)):
+            assert max(abs(a - b) for a, b in zip(got, want)) < 1.0
+
+
+def test_truncated_last_line_is_dropped_and_never_duplicated(benchmark, tmp_path, tiny_model_path, oracle):
+    cfg = _config(benchmark, tmp_path, model=tiny_model_path, limit=4)
+    run(cfg, engine=oracle)
+    predictions = tmp_path / "predictions.jsonl"
+    lines = predictions.read_text(encoding="utf-8").splitlines(keepends=True)
+    predictions.write_text("".join(lines[:3]) + lines[3][:25], encoding="utf-8")  # a crash mid-write
+
+    cfg.limit = None
+    record = run(cfg, engine=oracle)
+    rows = _rows(predictions)
+    assert len(rows) == N and len({r["id"] for r in rows}) == N
+    assert predictions.read_text(encoding="utf-8").splitlines(keepends=True)[:3] == lines[:3]
+    assert record["runs"][-1]["generated"] == 3
+    assert not (tmp_path / "predictions.jsonl.tmp").exists()
+
+    record = run(cfg, engine=oracle)  # nothing left to do: nothing written
+    assert record["runs"][-1]["generated"] == 0 and len(_rows(predictions)) == N
+
+
+def test_prediction_log_refuses_what_it_cannot_repair(tmp_path):
+    path = tmp_path / "p.jsonl"
+    good = [json.dumps({"id": i, "extracted_predictions": []}) for i in ("a", "b")]
+    path.write_text(good[0] + "\nnot json\n" + good[1] + "\n")
+    with pytest.raises(ValueError, match="line 2"):
+        PredictionLog(path, ["a", "b"])
+    path.write_text(good[0] + "\n" + good[0] + "\n")
+    with pytest.raises(ValueError, match="twice"):
+        PredictionLog(path, ["a", "b"])
+    path.write_text(good[0] + "\n")
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        PredictionLog(path, ["b"])
+    path.write_text(good[0] + "\n" + good[1])  # a whole last row without its newline is kept
+    log = PredictionLog(path, ["a", "b", "c"])
+    assert len(log) == 2 and log.repaired is None and path.read_text().endswith("\n")
+    with pytest.raises(ValueError, match="already"):
+        log.append([{"id": "a", "extracted_predictions": []}])
+    log.append([{"id": "c", "extracted_predictions": [[1, 2, 3, 4]]}])
+    log.close(order=["c", "b", "a"])
+    assert [r["id"] for r in _rows(path)] == ["c", "b", "a"]
+
+
+def test_resume_with_other_settings_is_refused(benchmark, tmp_path, tiny_model_path, oracle):
+    run(_config(benchmark, tmp_path, model=tiny_model_path, limit=1), engine=oracle)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        run(_config(benchmark, tmp_path, model=tiny_model_path, max_new_tokens=9), engine=oracle)
+
+
+def test_command_line_with_transformers(benchmark, tmp_path, tiny_model_path, capsys):
+    main([
+        "--model", str(tiny_model_path), "--gt", str(benchmark), "--out", str(tmp_path), "--backend", "hf",
+        "--num-workers", "0", "--limit", "2", "--max-new-tokens", "4", "--min-pixels", "3136", "--max-pixels", "50176",
+        "--no-charts", "--no-progress", "--metric-mode", "both",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "2 to generate" in out and "(corrected)" in out
+    assert [set(r) for r in _rows(tmp_path / "predictions.jsonl")] == [ROW_KEYS, ROW_KEYS]
+    settings = json.loads((tmp_path / "run.json").read_text())["settings"]
+    assert settings["template"] == "humanref_eval" and settings["min_pixels"] == 3136
+
+
+def test_ray_one_actor_on_cpu(benchmark, tmp_path, tiny_model_path):
+    """One Ray actor holding a transformers engine; the driver writes rows as chunks return."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        start = time.perf_counter()
+        cfg = _config(benchmark, tmp_path, model=tiny_model_path, backend="hf", num_workers=1, limit=4)
+        record = run(cfg)
+        elapsed = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    session = record["runs"][-1]
+    assert session["num_workers"] == 1 and session["generated"] == 4 and len(session["engine_load_s"]) == 1
+    assert [r["id"] for r in _rows(tmp_path / "predictions.jsonl")] == [f"synthref-test-{k:06d}" for k in range(4)]
+    print(f"ray run with one actor: {elapsed:.1f} s")
