@@ -32,9 +32,11 @@ class HFRollout:
             for r in requests:
                 inputs = self.processor(text=[r.prompt], images=[r.image], return_tensors="pt").to(device)
                 torch.manual_seed(r.seed)
+                sampling = dict(do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p)
+                if self.cfg.temperature <= 0:
+                    sampling = dict(do_sample=False)
                 out = self.model.generate(
-                    **inputs, do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                    max_new_tokens=self.cfg.max_new_tokens, num_return_sequences=n,
+                    **inputs, **sampling, max_new_tokens=self.cfg.max_new_tokens, num_return_sequences=n,
                     eos_token_id=sorted(self.stop_ids), pad_token_id=tok.pad_token_id, suppress_tokens=self.forbidden,
                 )[:, inputs["input_ids"].shape[1] :]  # fmt: skip
                 group = []

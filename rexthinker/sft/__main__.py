@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from rexthinker.config import load_config, save_config, to_dict
 from rexthinker.data.sources import open_samples
+from rexthinker.models.load import load_policy
 from rexthinker.sft.config import SFTConfig
 from rexthinker.sft.data import IGNORE, SFTDataset, collate, step_batches, steps_per_epoch
 from rexthinker.train import checkpoint, dist
@@ -45,39 +46,9 @@ def parse_args(argv: list[str]) -> tuple[SFTConfig, list[str]]:
 
 # --- setup -------------------------------------------------------------------------------------
 def load_model_and_processor(cfg: SFTConfig):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    path = Path(cfg.model.path)
-    if not cfg.model.path or (not path.exists() and cfg.model.path.startswith((".", "/"))):
-        raise SystemExit(
-            f"model.path {cfg.model.path!r} does not exist. Pass a Hugging Face folder, e.g. "
-            "model.path=/models/Qwen2.5-VL-7B-Instruct, or build the demo model with "
-            "`python -m rexthinker.models.tiny small`."
-        )
-    try:
-        processor = AutoProcessor.from_pretrained(cfg.model.path)
-        model = AutoModelForImageTextToText.from_pretrained(
-            cfg.model.path, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation
-        )
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"cannot load model.path {cfg.model.path!r}: {exc}") from None
-    if cfg.model.min_pixels or cfg.model.max_pixels:
-        size = dict(processor.image_processor.size)
-        size["shortest_edge"] = cfg.model.min_pixels or size["shortest_edge"]
-        size["longest_edge"] = cfg.model.max_pixels or size["longest_edge"]
-        processor.image_processor.size = size
-    freeze(model, cfg)
-    return model, processor
-
-
-def freeze(model, cfg: SFTConfig) -> None:
-    visual = model.model.visual
-    for name, p in visual.named_parameters():
-        p.requires_grad = not (cfg.model.freeze_projector if name.startswith("merger.") else cfg.model.freeze_vision)
-    for p in model.model.language_model.parameters():
-        p.requires_grad = not cfg.model.freeze_llm
-    for p in model.lm_head.parameters():
-        p.requires_grad = not cfg.model.freeze_llm
+    m = cfg.model
+    return load_policy(m.path, freeze_vision=m.freeze_vision, freeze_projector=m.freeze_projector, freeze_llm=m.freeze_llm,
+                       min_pixels=m.min_pixels, max_pixels=m.max_pixels, attn_implementation=m.attn_implementation)  # fmt: skip
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
