@@ -1,0 +1,323 @@
+"""The GRPO driver: one controller process that reads top to bottom as the dataflow of a step.
+
+    prompts -> rollouts (n per prompt) -> rewards -> group advantages -> [reference / old log-probs
+    -> policy update] (PolicyWorker) -> weight sync to the rollout engines -> log -> checkpoint
+
+The roles run as Ray actors (:mod:`rexthinker.grpo.workers`); the driver holds no model. Every
+stage is timed and logged as ``time/<stage>_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rexthinker.config import save_config, to_dict
+from rexthinker.data.sources import open_samples
+from rexthinker.grpo import algorithm as A
+from rexthinker.grpo.config import GRPOConfig
+from rexthinker.prompts import build_messages, pixel_limits
+from rexthinker.rewards import load_reward
+from rexthinker.rollout.base import Request
+from rexthinker.train import checkpoint
+from rexthinker.train.metrics import MetricLogger
+
+ACTOR_ENV = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "REXTHINKER_CACHE", "DS_ACCELERATOR",
+             "TOKENIZERS_PARALLELISM", "WANDB_MODE", "HF_HOME")  # fmt: skip
+
+
+def _seed(*parts: int) -> int:
+    """A 31-bit seed derived from integers (stable across processes and restarts)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class GRPOTrainer:
+    """setup -> fit (train_step x N) -> save -> evaluate -> cleanup."""
+
+    def __init__(self, cfg: GRPOConfig):
+        import ray
+        from transformers import AutoProcessor
+
+        self.cfg = cfg
+        self.out = Path(cfg.trainer.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.processor = AutoProcessor.from_pretrained(cfg.model.path) if Path(cfg.model.path).exists() else None
+        if self.processor is None:
+            raise SystemExit(f"model.path {cfg.model.path!r} does not exist (an SFT or Rex-Thinker checkpoint folder)")
+        if cfg.model.min_pixels or cfg.model.max_pixels:
+            size = dict(self.processor.image_processor.size)
+            size["shortest_edge"] = cfg.model.min_pixels or size["shortest_edge"]
+            size["longest_edge"] = cfg.model.max_pixels or size["longest_edge"]
+            self.processor.image_processor.size = size
+        self.min_pixels, self.max_pixels = pixel_limits(self.processor)
+        self.samples = open_samples(cfg.data.train, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        if cfg.data.max_samples:
+            self.samples = [self.samples[i] for i in range(min(cfg.data.max_samples, len(self.samples)))]
+        self.reward = load_reward(cfg.reward.function, strict=cfg.reward.strict, **cfg.reward.kwargs)
+        per_epoch = len(self.samples) // cfg.algorithm.prompts_per_step
+        if per_epoch == 0:
+            raise SystemExit(f"{len(self.samples)} samples cannot fill one step of {cfg.algorithm.prompts_per_step} prompts")
+        self.total_steps = cfg.trainer.total_steps or max(1, math.ceil(cfg.trainer.epochs * per_epoch))
+        self.per_epoch = per_epoch
+        self.step = 0
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        self.logger = MetricLogger(self.out, cfg.trainer.report_to, cfg.trainer.run_name, to_dict(cfg))
+
+        resume_from = checkpoint.latest(self.ckpt_root) if cfg.trainer.resume else None
+        env = {k: os.environ[k] for k in ACTOR_ENV if k in os.environ}
+        if not ray.is_initialized():
+            ray.init(address=cfg.resources.ray_address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env},
+                     include_dashboard=False, log_to_driver=True)  # fmt: skip
+        self.placement_group = None
+        self.policy, self.rollouts = self._start_actors(resume_from)
+        if resume_from is not None:
+            ray.get(self.policy.load.remote(str(resume_from)))
+            self.step = checkpoint.read_state(resume_from)["step"]
+            print(f"[grpo] resumed from {resume_from} at step {self.step}", flush=True)
+        print(f"[grpo] {len(self.samples)} prompts, {per_epoch} steps/epoch, {self.total_steps} steps, "
+              f"{cfg.algorithm.prompts_per_step} x {cfg.rollout.n} samples per step, rollouts: {cfg.rollout.backend}", flush=True)  # fmt: skip
+
+    def _start_actors(self, resume_from: Path | None):
+        """Placement: on GPUs one bundle per learner rank and per rollout engine (shared when
+        ``resources.colocate``); on CPU the actors share the machine's cores."""
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from rexthinker.grpo.workers import PolicyWorker, RolloutWorker
+
+        r = self.cfg.resources
+        if r.learner_ranks != 1:
+            raise NotImplementedError("several learner ranks through Ray are not wired yet; use resources.learner_ranks=1")
+        gpu = 1 if r.gpus > 0 else 0
+        share = 0.5 if (gpu and r.colocate) else gpu
+        bundles = [{"CPU": 1, "GPU": gpu}] if (gpu and r.colocate) else [{"CPU": 1, **({"GPU": gpu} if gpu else {})} for _ in range(1 + r.rollout_engines)]
+        pg = placement_group(bundles, strategy="PACK")
+        self.placement_group = pg
+        ready, _ = ray.wait([pg.ready()], timeout=600)
+        if not ready:
+            raise RuntimeError(f"Ray could not reserve {bundles} within 10 minutes; cluster resources: {ray.cluster_resources()}")
+
+        def strategy(index: int):
+            return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=min(index, len(bundles) - 1))
+
+        weights_path = str(resume_from / "hf") if resume_from is not None else self.cfg.model.path
+        policy = ray.remote(PolicyWorker).options(num_cpus=0.5, num_gpus=share, scheduling_strategy=strategy(0)).remote(
+            self.cfg, self.total_steps, weights_path
+        )
+        rollouts = [
+            ray.remote(RolloutWorker).options(num_cpus=0.5, num_gpus=share, scheduling_strategy=strategy(1 + i)).remote(
+                self.cfg, weights_path, _seed(self.cfg.trainer.seed, i)
+            )
+            for i in range(r.rollout_engines)
+        ]
+        ray.get([policy.ping.remote(), *[w.ping.remote() for w in rollouts]])
+        return policy, rollouts
+
+    # --- data ----------------------------------------------------------------------------------
+    def prompts_for_step(self, step: int):
+        """The step's prompts: a fixed per-epoch permutation, so a resumed run sees the same data."""
+        b = self.cfg.algorithm.prompts_per_step
+        epoch, within = divmod(step, self.per_epoch)
+        order = np.random.default_rng([self.cfg.trainer.seed, epoch]).permutation(len(self.samples))
+        return [self.samples[int(i)] for i in order[within * b : (within + 1) * b]], epoch
+
+    def build_requests(self, samples, step: int, seed_base: int):
+        requests, infos = [], []
+        for i, sample in enumerate(samples):
+            shuffle = _seed(self.cfg.trainer.seed, step, i, 7) if self.cfg.data.shuffle_hints else None
+            messages, info = build_messages(sample, self.min_pixels, self.max_pixels, template=self.cfg.data.template,
+                                            instruction=self.cfg.data.instruction, shuffle_seed=shuffle)  # fmt: skip
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            requests.append(Request(text, messages[-1]["content"][0]["image"], _seed(seed_base, step, i)))
+            infos.append(info)
+        return requests, infos
+
+    def _generate(self, requests, n):
+        import ray
+
+        shards = np.array_split(np.arange(len(requests)), len(self.rollouts))
+        futures = [w.generate.remote([requests[i] for i in idx], n) for w, idx in zip(self.rollouts, shards) if len(idx)]
+        return [group for part in ray.get(futures) for group in part]
+
+    # --- one step ------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        import ray
+
+        cfg, alg = self.cfg, self.cfg.algorithm
+        n = cfg.rollout.n
+        metrics: dict[str, float] = {}
+        t_step = time.perf_counter()
+
+        with self.timed(metrics, "prompts"):
+            samples, epoch = self.prompts_for_step(self.step)
+            requests, infos = self.build_requests(samples, self.step, cfg.trainer.seed)
+
+        with self.timed(metrics, "rollout"):
+            groups = self._generate(requests, n)
+        completions = [c for g in groups for c in g]
+        group_ids = [i for i, g in enumerate(groups) for _ in g]
+
+        with self.timed(metrics, "reward"):
+            scores = self.reward(
+                [c.text for c in completions],
+                solution_boxes=[infos[g].answer_boxes for g in group_ids],
+                hint_boxes=[infos[g].hint_boxes for g in group_ids],
+                category=[samples[g].category for g in group_ids],
+                domain=[samples[g].domain for g in group_ids],
+                image_size=[infos[g].model_size for g in group_ids],
+                prompt=[requests[g].prompt for g in group_ids],
+            )
+        rewards = torch.tensor(scores["overall"], dtype=torch.float64)
+        prompts = [(r.prompt, r.image) for r in requests]
+        responses = [(g, c.token_ids) for g, c in zip(group_ids, completions)]
+
+        if alg.kl_coef > 0 and alg.kl_mode == "reward":
+            with self.timed(metrics, "kl_reward"):
+                kl = torch.tensor(ray.get(self.policy.sequence_kl.remote(prompts, responses)), dtype=torch.float64)
+            rewards = rewards - alg.kl_coef * kl
+            metrics["actor/kl"] = float(kl.mean())
+
+        with self.timed(metrics, "advantage"):
+            advantages = A.group_advantages(rewards, group_ids, alg.advantage)
+            keep = torch.ones(len(rewards), dtype=torch.bool)
+            if alg.filter_zero_variance:
+                keep, counts = A.filter_groups(rewards, group_ids)
+                metrics["batch/groups_kept"] = counts["groups_kept"] / max(1, counts["groups"])
+
+        kept = keep.nonzero().flatten().tolist()
+        if kept:
+            with self.timed(metrics, "update"):
+                stats = ray.get(self.policy.train_step.remote(prompts, [responses[i] for i in kept],
+                                                              [float(advantages[i]) for i in kept], self.step))  # fmt: skip
+            metrics.update(stats)
+            with self.timed(metrics, "sync"):
+                weights = self.policy.weights.remote()
+                ray.get([w.load_weights.remote(weights) for w in self.rollouts])
+        metrics["batch/skipped_update"] = float(not kept)
+
+        self.step += 1
+        metrics.update(self.batch_metrics(scores, samples, group_ids, completions, rewards))
+        elapsed = time.perf_counter() - t_step
+        metrics["time/step_s"] = elapsed
+        # Orchestration: the share of the step not spent generating or in forward/backward.
+        metrics["time/orchestration_share"] = max(0.0, 1.0 - (metrics["time/rollout_s"] + metrics.get("time/update_s", 0.0)) / elapsed)
+        response_tokens = sum(len(c.token_ids) for c in completions)
+        metrics["perf/rollout_tokens_per_s"] = response_tokens / max(metrics["time/rollout_s"], 1e-9)
+        metrics["perf/samples_per_s"] = len(completions) / elapsed
+        metrics["perf/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        metrics["epoch"] = epoch + 1
+        if cfg.trainer.sample_table_every and self.step % cfg.trainer.sample_table_every == 0:
+            self.write_samples(samples, completions, group_ids, scores)
+        return metrics
+
+    def batch_metrics(self, scores, samples, group_ids, completions, rewards) -> dict[str, float]:
+        out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items()}
+        out["reward/overall_std"] = float(rewards.std()) if len(rewards) > 1 else 0.0
+        component = "accuracy" if "accuracy" in scores else "overall"  # a custom reward may have no accuracy
+        by_domain = defaultdict(list)
+        for g, value in zip(group_ids, scores[component]):
+            by_domain[samples[g].domain or "unknown"].append(value)
+        for domain, values in by_domain.items():
+            out[f"domain/{domain}/{component}"] = float(np.mean(values))
+        rejections = [(not c.text.count('"bbox_2d"')) for g, c in zip(group_ids, completions) if samples[g].is_rejection]
+        if rejections:
+            out["domain/rejection/no_box_rate"] = float(np.mean(rejections))
+        lengths = [len(c.token_ids) for c in completions]
+        out["response/length_mean"] = float(np.mean(lengths))
+        out["response/length_max"] = float(np.max(lengths))
+        out["response/truncated_share"] = float(np.mean([c.finish_reason == "length" for c in completions]))
+        return out
+
+    def write_samples(self, samples, completions, group_ids, scores) -> None:
+        path = self.out / "samples.jsonl"
+        with path.open("a") as f:
+            for i in range(0, len(completions), max(1, len(completions) // 4)):
+                g = group_ids[i]
+                f.write(json.dumps({"step": self.step, "id": samples[g].id, "referring": samples[g].referring,
+                                    "reward": scores["overall"][i], "completion": completions[i].text}) + "\n")  # fmt: skip
+
+    @contextmanager
+    def timed(self, metrics: dict, stage: str):
+        start = time.perf_counter()
+        yield
+        metrics[f"time/{stage}_s"] = time.perf_counter() - start
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def fit(self) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="grpo", unit="step", dynamic_ncols=True)
+        while self.step < self.total_steps:
+            metrics = self.train_step()
+            if self.step % self.cfg.trainer.log_every == 0 or self.step == self.total_steps:
+                self.logger.log(self.step, metrics)
+            bar.set_postfix(reward=f"{metrics['reward/overall']:.3f}", acc=f"{metrics.get('reward/accuracy', float('nan')):.3f}",
+                            s_step=f"{metrics['time/step_s']:.1f}")  # fmt: skip
+            bar.update(1)
+            if self.cfg.trainer.save_every and self.step % self.cfg.trainer.save_every == 0 and self.step < self.total_steps:
+                self.save()
+        bar.close()
+
+    def save(self) -> Path:
+        import ray
+
+        tmp = checkpoint.begin(self.ckpt_root, self.step)
+        ray.get(self.policy.save.remote(str(tmp)))
+        return checkpoint.commit(tmp, {"step": self.step, "total_steps": self.total_steps}, keep=self.cfg.trainer.keep_checkpoints)
+
+    def finish(self) -> Path:
+        final = self.save()
+        target = self.out / "final"
+        if target.is_symlink():
+            target.unlink()
+        target.symlink_to(final.relative_to(self.out) / "hf")
+        self.logger.plot(["reward/overall", "reward/accuracy", "reward/format", "actor/kl", "response/length_mean"],
+                         self.out / "reward_curves.png", "GRPO")  # fmt: skip
+        print(f"[grpo] final checkpoint: {target} -> {final / 'hf'}", flush=True)
+        return target
+
+    def evaluate(self, tag: str) -> dict | None:
+        """Greedy generations on ``data.val`` through the rollout engine (current weights), scored
+        with the default reward (rexthinker.quickeval)."""
+        import ray
+
+        from rexthinker import quickeval
+        from rexthinker.generation import Generation
+
+        e = self.cfg.eval
+        if not e.enabled:
+            return None
+        val = open_samples(self.cfg.data.val, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        val = [val[i] for i in range(min(e.num_samples, len(val)))]
+        requests, infos = self.build_requests(val, 0, 0)
+        start = time.perf_counter()
+        outs = ray.get(self.rollouts[0].generate_greedy.remote(requests, e.max_new_tokens))
+        gens = [Generation(s, info, r.prompt, c.text, len(c.token_ids)) for s, info, r, c in zip(val, infos, requests, outs)]
+        result = quickeval.score(gens)
+        result["generate_s"] = time.perf_counter() - start
+        (self.out / f"eval_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+        self.logger.log(self.step, {f"eval_{tag}/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+        print(f"[grpo] eval ({tag}) on {result['samples']} samples: format {result['format']:.3f}, accuracy-F1 "
+              f"{result['accuracy_f1']:.3f}, rejection acc {result['rejection_acc']:.3f}", flush=True)  # fmt: skip
+        return result
+
+    def cleanup(self) -> None:
+        import ray
+
+        from ray.util.placement_group import remove_placement_group
+
+        self.logger.close()
+        for actor in [self.policy, *self.rollouts]:
+            ray.kill(actor)
+        remove_placement_group(self.placement_group)
