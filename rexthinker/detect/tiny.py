@@ -21,10 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import string
-import tempfile
 from pathlib import Path
+
+from rexthinker.cache import cache_root, cached_build
 
 BUILDER_VERSION = 1
 SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
@@ -38,10 +38,6 @@ SPEC = {
     "swin": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 2, "patch_size": 4},
     "bert": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("REXTHINKER_CACHE", Path.home() / ".cache" / "rexthinker"))
 
 
 def key() -> str:
@@ -100,20 +96,7 @@ def build(out_dir: str | os.PathLike) -> Path:
 def get() -> Path:
     """The cached tiny detector folder, built on first use (atomic: concurrent builders race safely)."""
     target = cache_root() / "models" / f"grounding-dino-tiny-{key()}"
-    if (target / "rexthinker_tiny_detector.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "rexthinker_tiny_detector.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cached_build(target, "rexthinker_tiny_detector.json", build)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rexthinker.cache import cache_root, cached_build
 
 # Qwen2.5-VL's added tokens, in the order the released tokenizer lists them.
 QWEN_SPECIAL_TOKENS = (
@@ -84,10 +83,6 @@ SPECS = {
         min_pixels=16 * 28 * 28, max_pixels=128 * 28 * 28,
     ),
 }  # fmt: skip
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("REXTHINKER_CACHE", Path.home() / ".cache" / "rexthinker"))
 
 
 def default_corpus(num_samples: int, seed: int = 1234) -> list[str]:
@@ -192,20 +187,7 @@ def get(name: str = "tiny") -> Path:
         raise KeyError(f"unknown tiny model {name!r}; choose one of {sorted(SPECS)}")
     spec = SPECS[name]
     target = cache_root() / "models" / f"{spec.name}-{spec.key()}"
-    if (target / "rexthinker_tiny.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(spec, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "rexthinker_tiny.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cached_build(target, "rexthinker_tiny.json", lambda folder: build(spec, folder))
 
 
 if __name__ == "__main__":

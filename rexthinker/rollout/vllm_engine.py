@@ -3,6 +3,8 @@
 Facts this relies on (measured with vLLM 0.32, see dev/LOG.md):
 - prompts are given as *text* holding one ``<|image_pad|>`` per image; vLLM expands it to the
   image's token count itself (token-id prompts that are already expanded get expanded twice);
+- on CPU, chunked prefill is off: with per-request seeds (reproducible rollouts) a split prefill
+  crashes the CPU runner (tests/rollout/test_weight_sync.py has the regression test);
 - new weights go in with the worker's ``reload_weights`` (checkpoint format: HF names, full
   tensors), which reprocesses them the way loading from disk does (the CPU backend repacks linear
   weights); a *tied* ``lm_head`` shares the embedding but is not reprocessed by it, so its
@@ -45,6 +47,10 @@ class VLLMRollout:
         )  # fmt: skip
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded
+            # request's prefill is split across steps; unsplit prefills avoid that path.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(cfg.extra)
         self.llm = LLM(**kwargs)
 

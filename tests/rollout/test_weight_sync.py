@@ -82,3 +82,28 @@ def test_same_seed_same_rollouts(tiny_model_path, tiny_vllm):
     b = engine.generate(requests, n=3)
     assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
     assert all(len(g) == 3 for g in a)
+
+
+def test_a_large_seeded_batch_runs_on_cpu(tiny_model_path):
+    """Regression: 24 prompts x 8 seeded samples made vLLM 0.32's CPU runner split a prefill and
+    crash ("CPU Generator does not use offset"); the engine now turns chunked prefill off on CPU.
+    Runs in a subprocess: one in-process vLLM engine per test process."""
+    import subprocess
+    import sys
+
+    code = f"""
+from transformers import AutoProcessor
+from rexthinker.data.synthref import generate
+from rexthinker.generation import render
+from rexthinker.rollout.base import Request, RolloutConfig, forbidden_token_ids
+from rexthinker.rollout.vllm_engine import VLLMRollout
+proc = AutoProcessor.from_pretrained({str(tiny_model_path)!r})
+engine = VLLMRollout({str(tiny_model_path)!r}, RolloutConfig(max_new_tokens=32, max_model_len=2048, enforce_eager=True),
+                     forbidden=forbidden_token_ids(proc.tokenizer))
+requests = [Request(p, im, seed=i) for i, (_, _, p, im) in enumerate(render(generate(24, seed=3), proc))]
+out = engine.generate(requests, 8)
+print("groups", len(out), "samples", sum(len(g) for g in out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "groups 24 samples 192" in proc.stdout
