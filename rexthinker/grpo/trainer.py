@@ -210,8 +210,10 @@ class GRPOTrainer:
         metrics.update(self.batch_metrics(scores, samples, group_ids, completions, rewards))
         elapsed = time.perf_counter() - t_step
         metrics["time/step_s"] = elapsed
-        # Orchestration: the share of the step not spent generating or in forward/backward.
-        metrics["time/orchestration_share"] = max(0.0, 1.0 - (metrics["time/rollout_s"] + metrics.get("time/update_s", 0.0)) / elapsed)
+        # Orchestration: the share of the step spent neither generating nor in the learner's
+        # forward/backward passes (prompt rendering, rewards, transfers, encoding, weight sync).
+        compute = metrics["time/rollout_s"] + sum(metrics.get(f"time/learner_{k}_s", 0.0) for k in ("ref_logprobs", "old_logprobs", "optimize"))
+        metrics["time/orchestration_share"] = max(0.0, 1.0 - compute / elapsed)
         response_tokens = sum(len(c.token_ids) for c in completions)
         metrics["perf/rollout_tokens_per_s"] = response_tokens / max(metrics["time/rollout_s"], 1e-9)
         metrics["perf/samples_per_s"] = len(completions) / elapsed

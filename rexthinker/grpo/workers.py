@@ -100,11 +100,11 @@ class PolicyWorker:
 
         start = time.perf_counter()
         ref = self._logprobs(self.reference, seqs) if self.reference is not None and alg.kl_mode == "loss" else None
-        times["time/ref_logprobs_s"] = time.perf_counter() - start
+        times["time/learner_ref_logprobs_s"] = time.perf_counter() - start
         start = time.perf_counter()
         reuse_current = alg.ppo_epochs == 1 and alg.mini_batches == 1  # the policy cannot move before it is used
         old = None if reuse_current else self._logprobs(model.eval(), seqs)
-        times["time/old_logprobs_s"] = time.perf_counter() - start
+        times["time/learner_old_logprobs_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
         sums = {k: 0.0 for k in ("pg_loss", "kl", "entropy", "clip_frac", "clip_frac_low", "clip_frac_high", "approx_kl")}
@@ -144,7 +144,7 @@ class PolicyWorker:
                 grad_norms.append(out["grad_norm"])
                 lrs.append(out["lr"])
                 updates += 1
-        times["time/update_s"] = time.perf_counter() - start
+        times["time/learner_optimize_s"] = time.perf_counter() - start
         denom = max(token_total, 1)
         metrics = {f"actor/{k}": v / denom for k, v in sums.items() if k != "pg_loss"}
         metrics["actor/loss"] = sums["pg_loss"] / denom

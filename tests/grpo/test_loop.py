@@ -73,7 +73,7 @@ def test_two_steps_through_ray_with_vllm_change_the_policy(tiny_model_path, grpo
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("reward/overall", "reward/length", "time/rollout_s", "time/reward_s", "time/update_s", "time/sync_s",
                 "actor/kl", "actor/entropy", "actor/clip_frac", "actor/grad_norm", "perf/samples_per_s",
-                "response/length_mean", "time/orchestration_share"):  # fmt: skip
+                "response/length_mean", "time/orchestration_share", "time/learner_optimize_s"):  # fmt: skip
         assert key in rows[0], key
     assert rows[0]["actor/updates"] == 1
     assert (tmp_path / "run" / "samples.jsonl").exists()
