@@ -25,6 +25,7 @@ from rexthinker.config import save_config, to_dict
 from rexthinker.data.sources import open_samples
 from rexthinker.grpo import algorithm as A
 from rexthinker.grpo.config import GRPOConfig
+from rexthinker.models.load import set_pixel_limits
 from rexthinker.prompts import build_messages, pixel_limits
 from rexthinker.rewards import load_reward
 from rexthinker.rollout.base import Request
@@ -53,11 +54,7 @@ class GRPOTrainer:
         self.processor = AutoProcessor.from_pretrained(cfg.model.path) if Path(cfg.model.path).exists() else None
         if self.processor is None:
             raise SystemExit(f"model.path {cfg.model.path!r} does not exist (an SFT or Rex-Thinker checkpoint folder)")
-        if cfg.model.min_pixels or cfg.model.max_pixels:
-            size = dict(self.processor.image_processor.size)
-            size["shortest_edge"] = cfg.model.min_pixels or size["shortest_edge"]
-            size["longest_edge"] = cfg.model.max_pixels or size["longest_edge"]
-            self.processor.image_processor.size = size
+        set_pixel_limits(self.processor, cfg.model.min_pixels, cfg.model.max_pixels)
         self.min_pixels, self.max_pixels = pixel_limits(self.processor)
         self.samples = open_samples(cfg.data.train, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         if cfg.data.max_samples:

@@ -25,7 +25,8 @@ from rexthinker.grpo.experience import (
     micro_batches_by_tokens,
     token_logprobs_and_entropy,
 )
-from rexthinker.models.load import load_policy
+from rexthinker.models.load import load_policy, set_pixel_limits
+from rexthinker.prompts import pixel_limits
 from rexthinker.rollout.base import Completion, Request, forbidden_token_ids
 from rexthinker.train import dist
 from rexthinker.train.learner import Learner
@@ -175,16 +176,19 @@ class RolloutWorker:
         set_threads(cfg.resources.threads_per_actor)
         self.cfg = cfg
         if cfg.rollout.backend == "vllm":
-            from transformers import AutoTokenizer
+            from transformers import AutoProcessor
 
             from rexthinker.rollout.vllm_engine import VLLMRollout
 
-            forbidden = forbidden_token_ids(AutoTokenizer.from_pretrained(model_path))
-            self.engine = VLLMRollout(model_path, cfg.rollout, seed=seed, forbidden=forbidden)
+            processor = AutoProcessor.from_pretrained(model_path)
+            set_pixel_limits(processor, cfg.model.min_pixels, cfg.model.max_pixels)
+            self.engine = VLLMRollout(model_path, cfg.rollout, seed=seed, forbidden=forbidden_token_ids(processor.tokenizer),
+                                      pixel_limits=pixel_limits(processor))  # fmt: skip
         else:
             from rexthinker.rollout.hf_engine import HFRollout
 
-            model, processor = load_policy(model_path, attn_implementation=cfg.model.attn_implementation)
+            model, processor = load_policy(model_path, attn_implementation=cfg.model.attn_implementation,
+                                           min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)  # fmt: skip
             self.engine = HFRollout(model.to(dist.device()).eval(), processor, cfg.rollout)
         set_threads(cfg.resources.threads_per_actor)  # vLLM lowers torch's threads for serving
 

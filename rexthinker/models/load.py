@@ -25,13 +25,18 @@ def load_policy(path: str, *, freeze_vision: bool = True, freeze_projector: bool
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation=attn_implementation)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"cannot load model.path {path!r}: {exc}") from None
+    set_pixel_limits(processor, min_pixels, max_pixels)
+    freeze(model, freeze_vision=freeze_vision, freeze_projector=freeze_projector, freeze_llm=freeze_llm)
+    return model, processor
+
+
+def set_pixel_limits(processor, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Override the processor's resize limits (None keeps the checkpoint's value)."""
     if min_pixels or max_pixels:
         size = dict(processor.image_processor.size)
         size["shortest_edge"] = min_pixels or size["shortest_edge"]
         size["longest_edge"] = max_pixels or size["longest_edge"]
         processor.image_processor.size = size
-    freeze(model, freeze_vision=freeze_vision, freeze_projector=freeze_projector, freeze_llm=freeze_llm)
-    return model, processor
 
 
 def freeze(model, *, freeze_vision: bool, freeze_projector: bool, freeze_llm: bool) -> None:

@@ -36,10 +36,14 @@ def _refresh_tied_head(worker) -> bool:
 
 
 class VLLMRollout:
-    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, forbidden: list[int] | None = None):
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, forbidden: list[int] | None = None,
+                 pixel_limits: tuple[int, int] | None = None):  # fmt: skip
+        """``pixel_limits`` (min, max) make vLLM resize images exactly like the learner's processor
+        when the run overrides the checkpoint's limits."""
         from vllm import LLM
 
         self.cfg, self.forbidden = cfg, list(forbidden or [])
+        self.mm_kwargs = {"size": {"shortest_edge": pixel_limits[0], "longest_edge": pixel_limits[1]}} if pixel_limits else None
         kwargs = dict(
             model=str(model_path), dtype=resolve_dtype(cfg.dtype), max_model_len=cfg.max_model_len, seed=seed,
             limit_mm_per_prompt={"image": 1, "video": 0}, tensor_parallel_size=cfg.tensor_parallel_size,
@@ -58,6 +62,9 @@ class VLLMRollout:
         from vllm import SamplingParams
 
         inputs = [{"prompt": r.prompt, "multi_modal_data": {"image": r.image}} for r in requests]
+        if getattr(self, "mm_kwargs", None):
+            for item in inputs:
+                item["mm_processor_kwargs"] = self.mm_kwargs
         params = [
             SamplingParams(
                 n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_new_tokens,

@@ -28,6 +28,16 @@ def grpo_data(tmp_path_factory):
     return root / "train.parquet"
 
 
+@pytest.fixture(scope="module")
+def grpo_cot(tmp_path_factory):
+    """The same kind of rows in original pixels (HumanRef-CoT), for runs that change the pixel limits."""
+    from rexthinker.data.cot_tsv import write_cot_tsv
+
+    root = tmp_path_factory.mktemp("grpo_cot")
+    write_cot_tsv(generate(16, seed=9), root / "train")
+    return root / "train"
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
     import ray
@@ -61,8 +71,11 @@ def run(cfg, steps=None):
     return trainer, final
 
 
-def test_two_steps_through_ray_with_vllm_change_the_policy(tiny_model_path, grpo_data, tmp_path):
-    cfg = make_cfg(tiny_model_path, grpo_data, tmp_path / "run", "model.freeze_vision=true", "model.freeze_projector=true")
+def test_two_steps_through_ray_with_vllm_change_the_policy(tiny_model_path, grpo_cot, tmp_path):
+    # Pixel limits other than the checkpoint's: vLLM must resize exactly like the learner's processor,
+    # or the learner's forward fails on a different number of image tokens.
+    cfg = make_cfg(tiny_model_path, grpo_cot, tmp_path / "run", "model.freeze_vision=true", "model.freeze_projector=true",
+                   "model.min_pixels=3136", "model.max_pixels=25088")
     trainer, final = run(cfg)
     before = load_file(str(Path(tiny_model_path) / "model.safetensors"))
     after = load_file(str(final / "model.safetensors"))

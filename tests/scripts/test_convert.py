@@ -151,17 +151,20 @@ def test_reference_files_with_dtensors(tiny_model_path, tmp_path, monkeypatch):
 
     actor = tmp_path / "actor"
     full = write_reference(tiny_model_path, actor, world=1)
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("MASTER_PORT", str(sock.getsockname()[1]))
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    owned = not dist.is_initialized()  # an in-process vLLM engine of another test may hold the default group
+    if owned:
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            monkeypatch.setenv("MASTER_PORT", str(sock.getsockname()[1]))
+        dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         mesh = init_device_mesh("cpu", (1,))
         state = {legacy_name(k): distribute_tensor(v, mesh, [Shard(0) if v.ndim > 1 else Replicate()]) for k, v in full.items()}
         torch.save(state, actor / "model_world_size_1_rank_0.pt")
     finally:
-        dist.destroy_process_group()
+        if owned:
+            dist.destroy_process_group()
     report = convert(actor, tmp_path / "out")
     assert report.max_logit_diff == 0.0
     assert_same(stored_tensors(tmp_path / "out"), full)
