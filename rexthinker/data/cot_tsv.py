@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from rexthinker.coords import xywh_to_xyxy, xyxy_to_xywh
 from rexthinker.data.errors import DataError, ErrorReport, ImageCheckError, RowErrorPolicy, as_boxes, checked_image_size
-from rexthinker.data.sample import RefSample
+from rexthinker.data.sample import RefSample, check_original_frame
 
 _MODELLED = ("gt_boxes", "region_map", "think", "id", "image_name", "domain", "sub_domain", "category")
 
@@ -38,13 +38,7 @@ def cot_paths(prefix: str | os.PathLike) -> tuple[Path, Path, Path]:
 
 def cot_record(sample: RefSample) -> dict:
     """The annotation JSON of one sample (one region_map entry)."""
-    if sample.box_frame is not None:
-        raise ValueError(
-            f"sample {sample.id!r}: HumanRef-CoT rows hold original pixels, but boxes are in frame {sample.box_frame}"
-        )
-    clash = sorted(set(sample.extra) & set(_MODELLED))
-    if clash:
-        raise ValueError(f"sample {sample.id!r}: extra keys {clash} clash with HumanRef-CoT fields")
+    check_original_frame(sample, _MODELLED, "HumanRef-CoT")
     candidates = [list(b) for b in sample.candidate_boxes]
     indices = []
     for box in sample.answer_boxes:

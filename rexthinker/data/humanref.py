@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rexthinker.data.errors import ErrorReport, ImageCheckError, RowErrorPolicy, as_boxes, checked_image_size
-from rexthinker.data.sample import RefSample
+from rexthinker.data.sample import RefSample, check_original_frame
 
 ANNOTATIONS_FILE = "annotations.jsonl"
 IMAGES_DIR = "images"
@@ -27,13 +27,7 @@ _MODELLED = (
 
 def humanref_row(sample: RefSample) -> dict:
     """The JSON object of one sample, keys in the benchmark's order."""
-    if sample.box_frame is not None:
-        raise ValueError(
-            f"sample {sample.id!r}: HumanRef rows hold original pixels, but boxes are in frame {sample.box_frame}"
-        )
-    clash = sorted(set(sample.extra) & set(_MODELLED))
-    if clash:
-        raise ValueError(f"sample {sample.id!r}: extra keys {clash} clash with HumanRef fields")
+    check_original_frame(sample, _MODELLED, "HumanRef")
     row: dict = {
         "id": sample.id,
         "image_name": sample.image_name,

@@ -50,6 +50,16 @@ class RefSample:
         return image.convert("RGB")
 
 
+def check_original_frame(sample: RefSample, modelled: tuple[str, ...], format_name: str) -> None:
+    """Refuse a sample a writer of original-pixel rows cannot write faithfully: boxes in another
+    frame, or ``extra`` keys that would overwrite the format's own fields."""
+    if sample.box_frame is not None:
+        raise ValueError(f"sample {sample.id!r}: {format_name} rows hold original pixels, but boxes are in frame {sample.box_frame}")
+    clash = sorted(set(sample.extra) & set(modelled))
+    if clash:
+        raise ValueError(f"sample {sample.id!r}: extra keys {clash} clash with {format_name} fields")
+
+
 def encode_png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
