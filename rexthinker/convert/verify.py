@@ -11,6 +11,8 @@ far, and the report says the looser bound was used.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -107,20 +109,40 @@ def compare_tensors(model, expected: dict[str, torch.Tensor], dtype: torch.dtype
             raise ConversionError(f"{name!r}: the written tensor differs from the source (max diff {diff}, dtype {tensor.dtype})")
 
 
-def check_vllm(folder: Path, processor, max_tokens: int = 4) -> str:
-    """Load ``folder`` in vLLM (fp32 on CPU) and greedily generate a few tokens from the probe."""
+def check_vllm(folder: Path, processor=None, max_tokens: int = 4) -> str:
+    """Load ``folder`` in vLLM (fp32 on CPU) and greedily generate a few tokens from the probe.
+
+    Runs in a child process: shutting a vLLM engine down tears down process-wide state (its
+    parallel groups), which would break any other engine living in the calling process."""
+    cmd = [sys.executable, "-m", "rexthinker.convert.verify", str(folder), str(max_tokens)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    marked = [line for line in proc.stdout.splitlines() if line.startswith(_MARK)]
+    if proc.returncode != 0 or not marked:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise ConversionError(f"vLLM could not load {folder}:\n{tail}")
+    tokens = json.loads(marked[-1][len(_MARK) :])
+    if not tokens:
+        raise ConversionError(f"vLLM loaded {folder} but generated no token")
+    return f"{len(tokens)} greedy token(s): {tokens}"
+
+
+_MARK = "VLLM_TOKENS "
+
+
+def _generate_in_vllm(folder: Path, max_tokens: int) -> list[int]:
+    from transformers import AutoProcessor
     from vllm import LLM, SamplingParams
 
+    processor = AutoProcessor.from_pretrained(folder)
     on_gpu = torch.cuda.is_available()
     llm = LLM(
         model=str(folder), dtype="auto" if on_gpu else "float32", max_model_len=2048, limit_mm_per_prompt={"image": 1},
         seed=0, enforce_eager=not on_gpu, max_num_seqs=1,
     )  # fmt: skip
-    try:
-        prompt = {"prompt": probe_text(processor), "multi_modal_data": {"image": probe_image()}}
-        out = llm.generate([prompt], SamplingParams(max_tokens=max_tokens, temperature=0.0), use_tqdm=False)[0].outputs[0]
-    finally:
-        del llm
-    if not out.token_ids:
-        raise ConversionError(f"vLLM loaded {folder} but generated no token")
-    return f"{len(out.token_ids)} greedy token(s): {list(out.token_ids)}"
+    prompt = {"prompt": probe_text(processor), "multi_modal_data": {"image": probe_image()}}
+    out = llm.generate([prompt], SamplingParams(max_tokens=max_tokens, temperature=0.0), use_tqdm=False)[0].outputs[0]
+    return list(out.token_ids)
+
+
+if __name__ == "__main__":  # the child process of check_vllm
+    print(_MARK + json.dumps(_generate_in_vllm(Path(sys.argv[1]), int(sys.argv[2]))), flush=True)

@@ -92,19 +92,13 @@ def test_interrupted_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeyp
 
 @pytest.mark.vllm
 def test_sft_checkpoint_loads_and_generates_in_vllm(make_cfg):
-    from vllm import LLM, SamplingParams
+    from rexthinker.convert.verify import check_vllm
 
     run = SFTRun(make_cfg("trainer.max_steps=1"))
     run.train()
     final = run.finish()
     run.cleanup()
-    llm = LLM(model=str(final), dtype="float32", max_model_len=2048, limit_mm_per_prompt={"image": 1}, seed=0, enforce_eager=True)
-    from rexthinker.data.sources import open_samples
-    from rexthinker.generation import vllm_generate
-
-    gens = vllm_generate(llm, run.processor, [open_samples(run.cfg.data.val)[0]], SamplingParams(max_tokens=4, temperature=0.0))
-    assert gens[0].num_tokens >= 1
-    del llm
+    assert "greedy token(s)" in check_vllm(final)
 
 
 def _cli(make_cfg_overrides, tmp_path, name, env_extra=None):
