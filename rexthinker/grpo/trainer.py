@@ -25,7 +25,7 @@ from rexthinker.config import save_config, to_dict
 from rexthinker.data.sources import open_samples
 from rexthinker.grpo import algorithm as A
 from rexthinker.grpo.config import GRPOConfig
-from rexthinker.models.load import set_pixel_limits
+from rexthinker.models.load import check_model_path, set_pixel_limits
 from rexthinker.prompts import build_messages, pixel_limits
 from rexthinker.rewards import load_reward
 from rexthinker.rollout.base import Request
@@ -51,9 +51,8 @@ class GRPOTrainer:
         self.cfg = cfg
         self.out = Path(cfg.trainer.output_dir)
         self.ckpt_root = self.out / "checkpoints"
-        self.processor = AutoProcessor.from_pretrained(cfg.model.path) if Path(cfg.model.path).exists() else None
-        if self.processor is None:
-            raise SystemExit(f"model.path {cfg.model.path!r} does not exist (an SFT or Rex-Thinker checkpoint folder)")
+        check_model_path(cfg.model.path)
+        self.processor = AutoProcessor.from_pretrained(cfg.model.path)
         set_pixel_limits(self.processor, cfg.model.min_pixels, cfg.model.max_pixels)
         self.min_pixels, self.max_pixels = pixel_limits(self.processor)
         self.samples = open_samples(cfg.data.train, min_pixels=self.min_pixels, max_pixels=self.max_pixels)

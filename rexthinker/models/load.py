@@ -7,6 +7,26 @@ from pathlib import Path
 import torch
 
 
+def check_model_path(path: str) -> None:
+    """Fail at once, before any process is launched, when ``path`` is neither a local folder nor a
+    model already in the local Hugging Face cache (a hub download from 8 processes at start-up, or
+    on a machine without network, would hang instead)."""
+    if path and Path(path).is_dir():
+        if not (Path(path) / "config.json").is_file():
+            raise SystemExit(f"model.path {path!r} is a folder without config.json: not a Hugging Face model folder")
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError):
+        raise SystemExit(
+            f"model.path {path!r} is not a local folder and not in the local Hugging Face cache. Download it first "
+            f"(`huggingface-cli download {path or '<repo>'}`) or pass a folder, e.g. model.path=/models/Qwen2.5-VL-7B-Instruct; "
+            "for the demo model: `python -m rexthinker.models.tiny small`."
+        ) from None
+
+
 def load_policy(path: str, *, freeze_vision: bool = True, freeze_projector: bool = True, freeze_llm: bool = False,
                 min_pixels: int | None = None, max_pixels: int | None = None, attn_implementation: str = "sdpa"):  # fmt: skip
     """``(model, processor)``; the model in fp32 (the learner casts it), frozen parts without grad.
@@ -14,12 +34,7 @@ def load_policy(path: str, *, freeze_vision: bool = True, freeze_projector: bool
     A path that does not exist, or a folder that does not load, fails with a message naming it."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    if not path or (not Path(path).exists() and path.startswith((".", "/"))):
-        raise SystemExit(
-            f"model.path {path!r} does not exist. Pass a Hugging Face folder, e.g. "
-            "model.path=/models/Qwen2.5-VL-7B-Instruct, or build the demo model with "
-            "`python -m rexthinker.models.tiny small`."
-        )
+    check_model_path(path)
     try:
         processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation=attn_implementation)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from rexthinker.config import load_config, save_config, to_dict
 from rexthinker.data.sources import open_samples
-from rexthinker.models.load import load_policy
+from rexthinker.models.load import check_model_path, load_policy
 from rexthinker.sft.config import SFTConfig
 from rexthinker.sft.data import IGNORE, SFTDataset, collate, step_batches, steps_per_epoch
 from rexthinker.train import checkpoint, dist
@@ -237,6 +237,7 @@ def _progress(total: int, done: int):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, _ = parse_args(argv)
+    check_model_path(cfg.model.path)  # before launching any process
     code = dist.relaunch(cfg.trainer.nproc, "rexthinker.sft", argv)
     if code is not None:
         return code

@@ -36,8 +36,18 @@ def test_steps_change_trainable_parameters_only(make_cfg):
 
 
 def test_bad_model_path_fails_at_once_with_a_hint(make_cfg):
-    with pytest.raises(SystemExit, match="model.path '/nope/model' does not exist"):
+    with pytest.raises(SystemExit, match="model.path '/nope/model' is not a local folder and not in the local Hugging Face cache"):
         SFTRun(make_cfg("model.path=/nope/model"))
+
+
+def test_recipe_with_an_uncached_hub_model_fails_before_launching(tmp_path):
+    """The 8-process paper recipe with a hub id that is not downloaded: a message in seconds, not a hang."""
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run(["bash", "recipes/sft.sh", "model.path=Qwen/Qwen2.5-VL-7B-Instruct"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode != 0
+    assert "not in the local Hugging Face cache" in proc.stderr + proc.stdout
+    assert "launching:" not in proc.stdout
 
 
 def test_final_checkpoint_loads_in_transformers(make_cfg):
