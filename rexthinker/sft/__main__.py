@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -167,7 +168,7 @@ class SFTRun:
         if dist.is_main():
             target = self.out / "final"
             if target.is_symlink() or target.exists():
-                target.unlink() if target.is_symlink() else __import__("shutil").rmtree(target)
+                target.unlink() if target.is_symlink() else shutil.rmtree(target)
             target.symlink_to(final.relative_to(self.out) / "hf")
             self.logger.plot(["loss", "lr", "grad_norm", "tokens_per_s"], self.out / "loss_curve.png", "SFT")
             print(f"[sft] final checkpoint: {target} -> {final / 'hf'}", flush=True)
