@@ -1,0 +1,77 @@
+"""The demo's pre-trained base: its chats, its label mask, and a short real pre-training run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from rexthinker.models import base, tiny
+from rexthinker.prompts import pixel_limits
+from rexthinker.sft.data import IGNORE
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny.get("tiny"))
+
+
+def test_chat_names_every_hint_and_copies_its_boxes(processor):
+    lo, hi = pixel_limits(processor)
+    image, turns = base.make_example(3, base.BaseRecipe(spec="tiny"), lo, hi)
+    hint = json.loads(turns[0][0].split("image: ", 1)[1].split("\n", 1)[0])["person"]
+    lines = turns[0][1].split("\n")
+    assert [line.split(":")[0] for line in lines] == [f"Person {k + 1}" for k in range(len(hint))]
+    for question, answer in turns[1:]:
+        asked = [int(k) for k in re.findall(r"Person (\d+)", question)]
+        boxes = [item["bbox_2d"] for item in json.loads(answer.removeprefix("```json\n").removesuffix("\n```"))]
+        assert boxes == [hint[k - 1] for k in asked]
+    again = base.make_example(3, base.BaseRecipe(spec="tiny"), lo, hi)
+    assert again[1] == turns and list(again[0].getdata()) == list(image.getdata())
+
+
+def test_pretrain_scenes_are_not_the_referring_splits(processor):
+    from rexthinker.data import synthref
+
+    lo, hi = pixel_limits(processor)
+    image, _ = base.make_example(0, base.BaseRecipe(spec="tiny"), lo, hi)
+    for split in ("train", "val", "test"):
+        assert synthref.sample_rng(0, split, 0).random() != synthref.sample_rng(0, "pretrain", 0).random()
+    assert image.size != (0, 0)
+
+
+def test_labels_cover_exactly_the_assistant_turns(processor):
+    lo, hi = pixel_limits(processor)
+    image, turns = base.make_example(5, base.BaseRecipe(spec="tiny"), lo, hi)
+    f = base.build_features(processor, image, turns)
+    assert f.input_ids.shape == f.labels.shape == f.mm_token_type_ids.shape
+    idx = (f.labels != IGNORE).nonzero().flatten()
+    spans = torch.tensor_split(idx, (torch.diff(idx) > 1).nonzero().flatten() + 1)
+    decoded = [processor.tokenizer.decode(f.input_ids[s]) for s in spans]
+    assert decoded == [answer + "<|im_end|>" for _, answer in turns]
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int(f.mm_token_type_ids.sum()) == int((f.input_ids == image_pad).sum()) == int(f.image_grid_thw.prod()) // 4
+
+
+def test_pretraining_changes_every_weight_and_is_cached(tmp_path, monkeypatch):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    source = tiny.get("tiny")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / source.name).symlink_to(source)  # reuse the random checkpoint, cache the base here
+    monkeypatch.setenv("REXTHINKER_CACHE", str(tmp_path))
+    recipe = base.BaseRecipe(spec="tiny", steps=2, batch_size=2, warmup_steps=1)
+    logs: list[str] = []
+    path = base.get(recipe, log=logs.append)
+    assert (path / base.MARKER).exists() and any("step 2/2" in line for line in logs)
+    history = [json.loads(line) for line in (path / "pretrain_history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history] == [1, 2] and "heldout_exact_locate" in history[-1]
+    before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.get("tiny")).state_dict()
+    after = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).state_dict()
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert unchanged == []
+    assert base.get(recipe, log=logs.append) == path and sum("pre-training" in line for line in logs) == 1
