@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rexthinker.config import ConfigError
 from rexthinker.rollout.base import RolloutConfig
 from rexthinker.train.learner import LearnerConfig, OptimConfig
 
@@ -58,8 +59,8 @@ class ResourcesConfig:
     ray_address: str | None = None  # None: $RAY_ADDRESS or a local cluster
     gpus: int = 0  # GPUs for this run (0 on CPU machines)
     rollout_engines: int = 1
-    learner_ranks: int = 1  # >1 needs learner.strategy zero2/zero3
-    colocate: bool = True  # share GPUs between rollout and learner (vLLM sleeps while the learner trains)
+    learner_ranks: int = 1  # data-parallel learner processes (Ray actors, one GPU each); >1 needs zero2/zero3
+    colocate: bool = True  # share GPUs between rollout and learner (vLLM sleeps while the learner trains, rollout.sleep)
     threads_per_actor: int | None = None  # torch threads in each actor; None: all cores
 
 
@@ -98,3 +99,13 @@ class GRPOConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        ranks = self.resources.learner_ranks
+        if ranks < 1:
+            raise ConfigError(f"resources.learner_ranks must be at least 1, got {ranks}")
+        if ranks > 1 and self.learner.strategy == "single":
+            raise ConfigError(f"resources.learner_ranks={ranks} needs learner.strategy=zero2 or zero3: "
+                              "'single' trains in one process")  # fmt: skip
+        if self.resources.rollout_engines < 1:
+            raise ConfigError(f"resources.rollout_engines must be at least 1, got {self.resources.rollout_engines}")

@@ -3,7 +3,9 @@
     prompts -> rollouts (n per prompt) -> rewards -> group advantages -> [reference / old log-probs
     -> policy update] (PolicyWorker) -> weight sync to the rollout engines -> log -> checkpoint
 
-The roles run as Ray actors (:mod:`rexthinker.grpo.workers`); the driver holds no model. Every
+The roles run as Ray actors (:mod:`rexthinker.grpo.workers`); the driver holds no model. The
+learner may be several data-parallel ranks (``resources.learner_ranks``, DeepSpeed ZeRO): the
+driver splits each step's responses over them by token count and calls them all at once. Every
 stage is timed and logged as ``time/<stage>_s``.
 """
 
@@ -15,7 +17,9 @@ import os
 import resource
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,62 @@ ACTOR_ENV = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "REXTHI
 def _seed(*parts: int) -> int:
     """A 31-bit seed derived from integers (stable across processes and restarts)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def shard_by_cost(costs: Sequence[float], ranks: int) -> list[list[int]]:
+    """Item indices split over ``ranks`` with about equal summed cost: costliest first, each onto
+    the rank with the least so far (deterministic); each shard in the items' order."""
+    loads, shards = [0.0] * ranks, [[] for _ in range(ranks)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min(range(ranks), key=lambda r: (loads[r], r))
+        shards[r].append(i)
+        loads[r] += costs[i]
+    return [sorted(shard) for shard in shards]
+
+
+@dataclass
+class RankBatch:
+    """One learner rank's share of a step: ``indices`` of the responses it trains on, the prompts
+    they need, the responses re-indexed onto those prompts, and ``padding`` extra responses (a rank
+    with no response of its own replays one with no weight, see PolicyWorker)."""
+
+    indices: list[int]
+    prompts: list
+    responses: list[tuple[int, list[int]]]
+    padding: int = 0
+
+
+def rank_batches(prompts, responses, costs: Sequence[float], ranks: int) -> list[RankBatch]:
+    """Each rank's share of ``responses`` (``(prompt index, token ids)``), balanced by ``costs``."""
+    out = []
+    for shard in shard_by_cost(costs, ranks):
+        rows, padding = (shard, 0) if shard else ([0], 1)
+        used = sorted({responses[i][0] for i in rows})
+        local = {p: k for k, p in enumerate(used)}
+        out.append(RankBatch(shard, [prompts[p] for p in used], [(local[responses[i][0]], responses[i][1]) for i in rows], padding))
+    return out
+
+
+def merge_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Rank 0's metrics (the learner already reduced them over ranks), with timings and memory as
+    the slowest / fullest rank's."""
+    merged = dict(per_rank[0])
+    for key in merged:
+        if key.startswith(("time/", "perf/")):
+            merged[key] = max(m[key] for m in per_rank)
+    return merged
+
+
+def _rendezvous() -> tuple[str, int]:
+    """This node's IP and a free TCP port: where learner rank 0 hosts the process group."""
+    import socket
+
+    import ray
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
 
 
 class GRPOTrainer:
@@ -75,17 +135,20 @@ class GRPOTrainer:
             ray.init(address=cfg.resources.ray_address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env},
                      include_dashboard=False, log_to_driver=True)  # fmt: skip
         self.placement_group = None
-        self.policy, self.rollouts = self._start_actors(resume_from)
+        self.learners, self.rollouts = self._start_actors(resume_from)
         if resume_from is not None:
-            ray.get(self.policy.load.remote(str(resume_from)))
+            self._on_learners("load", str(resume_from))
             self.step = checkpoint.read_state(resume_from)["step"]
             print(f"[grpo] resumed from {resume_from} at step {self.step}", flush=True)
         print(f"[grpo] {len(self.samples)} prompts, {per_epoch} steps/epoch, {self.total_steps} steps, "
               f"{cfg.algorithm.prompts_per_step} x {cfg.rollout.n} samples per step, rollouts: {cfg.rollout.backend}", flush=True)  # fmt: skip
 
     def _start_actors(self, resume_from: Path | None):
-        """Placement: on GPUs one bundle per learner rank and per rollout engine (shared when
-        ``resources.colocate``); on CPU the actors share the machine's cores."""
+        """Placement. On GPUs, one bundle (one GPU) per learner rank and per rollout engine; with
+        ``resources.colocate`` the engines share the learners' bundles (half a GPU each), spread
+        evenly. On CPU, half a core per actor (they share the machine). Several learner ranks form
+        one process group: rank 0's node and a free port there are looked up first, and every rank
+        gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT before it joins."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -93,11 +156,14 @@ class GRPOTrainer:
         from rexthinker.grpo.workers import PolicyWorker, RolloutWorker
 
         r = self.cfg.resources
-        if r.learner_ranks != 1:
-            raise NotImplementedError("several learner ranks through Ray are not wired yet; use resources.learner_ranks=1")
-        gpu = 1 if r.gpus > 0 else 0
-        share = 0.5 if (gpu and r.colocate) else gpu
-        bundles = [{"CPU": 1, "GPU": gpu}] if (gpu and r.colocate) else [{"CPU": 1, **({"GPU": gpu} if gpu else {})} for _ in range(1 + r.rollout_engines)]
+        ranks, engines, gpu = r.learner_ranks, r.rollout_engines, r.gpus > 0
+        if gpu and r.colocate:
+            share, slots = 0.5, max(ranks, engines)
+            rollout_slots = [j * (slots // engines) for j in range(engines)]
+        else:
+            share, slots = (1 if gpu else 0), ranks + engines
+            rollout_slots = [ranks + j for j in range(engines)]
+        bundles = [{"CPU": 1, "GPU": 1} if gpu else {"CPU": 0.5} for _ in range(slots)]
         pg = placement_group(bundles, strategy="PACK")
         self.placement_group = pg
         ready, _ = ray.wait([pg.ready()], timeout=600)
@@ -105,20 +171,38 @@ class GRPOTrainer:
             raise RuntimeError(f"Ray could not reserve {bundles} within 10 minutes; cluster resources: {ray.cluster_resources()}")
 
         def strategy(index: int):
-            return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=min(index, len(bundles) - 1))
+            return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)
+
+        dist_envs = [None]
+        if ranks > 1:
+            address, port = ray.get(ray.remote(num_cpus=0)(_rendezvous).options(scheduling_strategy=strategy(0)).remote())
+            common = {"WORLD_SIZE": str(ranks), "MASTER_ADDR": address, "MASTER_PORT": str(port)}
+            if not gpu:
+                common["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
+            # Ray shows each actor only its own GPU, so the local device is always 0 there.
+            dist_envs = [{**common, "RANK": str(i), "LOCAL_RANK": "0" if gpu else str(i)} for i in range(ranks)]
 
         weights_path = str(resume_from / "hf") if resume_from is not None else self.cfg.model.path
-        policy = ray.remote(PolicyWorker).options(num_cpus=0.5, num_gpus=share, scheduling_strategy=strategy(0)).remote(
-            self.cfg, self.total_steps, weights_path
-        )
+        learners = [
+            ray.remote(PolicyWorker).options(num_cpus=0.5, num_gpus=share, scheduling_strategy=strategy(i)).remote(
+                self.cfg, self.total_steps, weights_path, env
+            )
+            for i, env in enumerate(dist_envs)
+        ]
         rollouts = [
-            ray.remote(RolloutWorker).options(num_cpus=0.5, num_gpus=share, scheduling_strategy=strategy(1 + i)).remote(
+            ray.remote(RolloutWorker).options(num_cpus=0.5, num_gpus=share, scheduling_strategy=strategy(slot)).remote(
                 self.cfg, weights_path, _seed(self.cfg.trainer.seed, i)
             )
-            for i in range(r.rollout_engines)
+            for i, slot in enumerate(rollout_slots)
         ]
-        ray.get([policy.ping.remote(), *[w.ping.remote() for w in rollouts]])
-        return policy, rollouts
+        ray.get([w.ping.remote() for w in [*learners, *rollouts]])
+        return learners, rollouts
+
+    def _on_learners(self, method: str, *args) -> list:
+        """``method(*args)`` on every learner rank at once (their collectives must all meet)."""
+        import ray
+
+        return ray.get([getattr(learner, method).remote(*args) for learner in self.learners])
 
     # --- data ----------------------------------------------------------------------------------
     def prompts_for_step(self, step: int):
@@ -177,10 +261,14 @@ class GRPOTrainer:
         rewards = torch.tensor(scores["overall"], dtype=torch.float64)
         prompts = [(r.prompt, r.image) for r in requests]
         responses = [(g, c.token_ids) for g, c in zip(group_ids, completions)]
+        # Sequence cost for splitting over learner ranks: response tokens plus an estimate of the
+        # prompt's (one image token per 28 x 28 pixels of the model frame, ~4 characters a token).
+        prompt_tokens = [info.model_size[0] * info.model_size[1] / 784 + len(r.prompt) / 4 for r, info in zip(requests, infos)]
+        costs = [prompt_tokens[g] + len(ids) for g, ids in responses]
 
         if alg.kl_coef > 0 and alg.kl_mode == "reward":
             with self.timed(metrics, "kl_reward"):
-                kl = torch.tensor(ray.get(self.policy.sequence_kl.remote(prompts, responses)), dtype=torch.float64)
+                kl = torch.tensor(self.sequence_kl(prompts, responses, costs), dtype=torch.float64)
             rewards = rewards - alg.kl_coef * kl
             metrics["actor/kl"] = float(kl.mean())
 
@@ -194,12 +282,13 @@ class GRPOTrainer:
         kept = keep.nonzero().flatten().tolist()
         if kept:
             with self.timed(metrics, "update"):
-                stats = ray.get(self.policy.train_step.remote(prompts, [responses[i] for i in kept],
-                                                              [float(advantages[i]) for i in kept], self.step))  # fmt: skip
-            metrics.update(stats)
+                parts = rank_batches(prompts, [responses[i] for i in kept], [costs[i] for i in kept], len(self.learners))
+                futures = [learner.train_step.remote(b.prompts, b.responses, [float(advantages[kept[i]]) for i in b.indices] + [0.0] * b.padding,
+                                                     self.step, b.padding) for learner, b in zip(self.learners, parts)]  # fmt: skip
+                metrics.update(merge_rank_metrics(ray.get(futures)))
             with self.timed(metrics, "sync"):
-                weights = self.policy.weights.remote()
-                ray.get([w.load_weights.remote(weights) for w in self.rollouts])
+                weights = [learner.weights.remote() for learner in self.learners]  # rank 0's are full, the others empty
+                ray.get([w.load_weights.remote(weights[0]) for w in self.rollouts] + weights[1:])
         metrics["batch/skipped_update"] = float(not kept)
 
         self.step += 1
@@ -218,6 +307,18 @@ class GRPOTrainer:
         if cfg.trainer.sample_table_every and self.step % cfg.trainer.sample_table_every == 0:
             self.write_samples(samples, completions, group_ids, scores)
         return metrics
+
+    def sequence_kl(self, prompts, responses, costs) -> list[float]:
+        """KL(policy || reference) of each response, the responses split over the learner ranks."""
+        import ray
+
+        parts = rank_batches(prompts, responses, costs, len(self.learners))
+        results = ray.get([learner.sequence_kl.remote(b.prompts, b.responses) for learner, b in zip(self.learners, parts)])
+        kl = [0.0] * len(responses)
+        for b, values in zip(parts, results):
+            for i, value in zip(b.indices, values):  # a padding response's value is dropped
+                kl[i] = value
+        return kl
 
     def batch_metrics(self, scores, samples, group_ids, completions, rewards) -> dict[str, float]:
         out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items()}
@@ -268,10 +369,8 @@ class GRPOTrainer:
         bar.close()
 
     def save(self) -> Path:
-        import ray
-
         tmp = checkpoint.begin(self.ckpt_root, self.step)
-        ray.get(self.policy.save.remote(str(tmp)))
+        self._on_learners("save", str(tmp))  # every rank writes its DeepSpeed shards; rank 0 the hf/ export
         return checkpoint.commit(tmp, {"step": self.step, "total_steps": self.total_steps}, keep=self.cfg.trainer.keep_checkpoints)
 
     def finish(self) -> Path:
@@ -316,6 +415,6 @@ class GRPOTrainer:
         from ray.util.placement_group import remove_placement_group
 
         self.logger.close()
-        for actor in [self.policy, *self.rollouts]:
+        for actor in [*self.learners, *self.rollouts]:
             ray.kill(actor)
         remove_placement_group(self.placement_group)

@@ -23,6 +23,9 @@ class RolloutConfig:
     enforce_eager: bool = False
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     hf_batch_size: int = 16  # sequences per generate() call of the transformers backend
+    # vLLM sleep mode: the engine frees its GPU memory (weights offloaded to CPU, KV cache dropped)
+    # after each generation and wakes for the weight sync. auto: when colocated on GPUs; never on CPU.
+    sleep: bool | Literal["auto"] = "auto"
     extra: dict = field(default_factory=dict)  # passed to vllm.LLM as is
 
 
@@ -65,3 +68,12 @@ def resolve_dtype(dtype: str) -> str:
     if dtype == "auto":
         return "bfloat16" if torch.cuda.is_available() else "float32"
     return dtype
+
+
+def sleep_enabled(setting: bool | str, colocated_on_gpu: bool, cuda: bool) -> bool:
+    """Whether a vLLM engine sleeps between generations. ``"auto"``: when it shares its GPU with the
+    learner (``resources.colocate`` with GPUs); ``True``: whenever CUDA is there; never without
+    CUDA (vLLM's sleep mode is CUDA-only, so on CPU the setting is a no-op)."""
+    if not cuda:
+        return False
+    return colocated_on_gpu if setting == "auto" else bool(setting)

@@ -9,7 +9,12 @@ Facts this relies on (measured with vLLM 0.32, see dev/LOG.md):
   tensors), which reprocesses them the way loading from disk does (the CPU backend repacks linear
   weights); a *tied* ``lm_head`` shares the embedding but is not reprocessed by it, so its
   ``process_weights_after_loading`` is run again; encoder (image embedding) and prefix caches hold
-  results of the old weights and are cleared.
+  results of the old weights and are cleared;
+- sleep mode (``sleep=True``, CUDA only; vLLM's ``LLM.sleep`` / ``LLM.wake_up``): level 1 offloads
+  the weights to CPU and drops the KV cache, so a learner on the same GPU gets the memory back
+  while it trains. ``wake_up(tags=["weights"])`` brings the weights back for the sync, and
+  ``wake_up()`` the rest (KV cache, scheduling) before the next generation. Level 1 keeps the
+  weights, so a step whose update was skipped (no sync) generates with them again.
 """
 
 from __future__ import annotations
@@ -36,13 +41,17 @@ def _refresh_tied_head(worker) -> bool:
 
 
 class VLLMRollout:
+    sleeps = False  # sleep after each generation (see the module docstring)
+    asleep: frozenset[str] = frozenset()  # what is offloaded now: "weights", "kv_cache"
+
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, forbidden: list[int] | None = None,
-                 pixel_limits: tuple[int, int] | None = None):  # fmt: skip
+                 pixel_limits: tuple[int, int] | None = None, sleep: bool = False):  # fmt: skip
         """``pixel_limits`` (min, max) make vLLM resize images exactly like the learner's processor
-        when the run overrides the checkpoint's limits."""
+        when the run overrides the checkpoint's limits. ``sleep`` builds the engine with sleep mode
+        and frees its GPU memory after every generation (a learner shares the GPU)."""
         from vllm import LLM
 
-        self.cfg, self.forbidden = cfg, list(forbidden or [])
+        self.cfg, self.forbidden, self.sleeps = cfg, list(forbidden or []), sleep
         self.mm_kwargs = {"size": {"shortest_edge": pixel_limits[0], "longest_edge": pixel_limits[1]}} if pixel_limits else None
         kwargs = dict(
             model=str(model_path), dtype=resolve_dtype(cfg.dtype), max_model_len=cfg.max_model_len, seed=seed,
@@ -55,10 +64,33 @@ class VLLMRollout:
             # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded
             # request's prefill is split across steps; unsplit prefills avoid that path.
             kwargs["enable_chunked_prefill"] = False
+        if sleep:
+            kwargs["enable_sleep_mode"] = True
         kwargs.update(cfg.extra)
         self.llm = LLM(**kwargs)
 
+    # --- sleep mode ----------------------------------------------------------------------------
+    def sleep(self) -> None:
+        """Offload the weights to CPU and drop the KV cache (a no-op unless built with ``sleep``)."""
+        if self.sleeps and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = frozenset(("weights", "kv_cache"))
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Bring back ``tags`` ("weights", "kv_cache"), or everything still asleep when None."""
+        wanted = self.asleep if tags is None else self.asleep & set(tags)
+        if wanted:
+            self.llm.wake_up(tags=None if tags is None else sorted(wanted))
+            self.asleep = self.asleep - wanted
+
     def generate(self, requests: list[Request], n: int) -> list[list[Completion]]:
+        self.wake_up()
+        try:
+            return self._generate(requests, n)
+        finally:
+            self.sleep()
+
+    def _generate(self, requests: list[Request], n: int) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         inputs = [{"prompt": r.prompt, "multi_modal_data": {"image": r.image}} for r in requests]
@@ -84,8 +116,10 @@ class VLLMRollout:
         return result
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.wake_up(["weights"])  # the KV cache stays offloaded while the new weights go in
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
         self.llm.collective_rpc(_refresh_tied_head)
+        self.wake_up()  # vLLM resumes scheduling only once fully awake; the caches are reset below
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()

@@ -63,6 +63,23 @@ def all_reduce_sum(value: float) -> float:
     return float(tensor.item())
 
 
+def all_reduce_max(value: float) -> float:
+    if not torch_dist.is_initialized():
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device() if torch.cuda.is_available() else "cpu")
+    torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def all_reduce_sums(values: list[float]) -> list[float]:
+    """Element-wise sums over ranks of a list of numbers, in one collective."""
+    if not torch_dist.is_initialized():
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device() if torch.cuda.is_available() else "cpu")
+    torch_dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
 def broadcast_object(obj):
     if not torch_dist.is_initialized():
         return obj
