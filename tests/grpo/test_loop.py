@@ -11,21 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from rexthinker.config import load_config
-from rexthinker.data.grpo_parquet import write_grpo_parquet
 from rexthinker.data.synthref import generate
 from rexthinker.grpo.config import GRPOConfig
-from rexthinker.models.tiny import SPECS
 
 pytestmark = pytest.mark.vllm
 PLUGINS = Path(__file__).parent / "plugins" / "length_reward.py"
-
-
-@pytest.fixture(scope="module")
-def grpo_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grpo_data")
-    spec = SPECS["tiny"]
-    write_grpo_parquet(generate(16, seed=9), root / "train.parquet", spec.min_pixels, spec.max_pixels)
-    return root / "train.parquet"
 
 
 @pytest.fixture(scope="module")

@@ -294,18 +294,6 @@ def test_two_ranks_end_on_the_weights_of_one_process(tiny_model_path, ray_cluste
 # --- the driver ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def grpo_data(tmp_path_factory):
-    from rexthinker.data.grpo_parquet import write_grpo_parquet
-    from rexthinker.data.synthref import generate
-    from rexthinker.models.tiny import SPECS
-
-    root = tmp_path_factory.mktemp("grpo_ranks_data")
-    spec = SPECS["tiny"]
-    write_grpo_parquet(generate(8, seed=9), root / "train.parquet", spec.min_pixels, spec.max_pixels)
-    return root / "train.parquet"
-
-
 @pytest.mark.timeout(900)
 def test_driver_trains_saves_and_resumes_on_two_zero2_ranks(tiny_model_path, grpo_data, tmp_path, ray_cluster):
     """Step 1 on 2 ranks and save; a fresh driver resumes both ranks from it and runs step 2. KL as
