@@ -284,6 +284,15 @@ def _render(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[Imag
     return image, np.asarray(labels)
 
 
+def label_boxes(labels: np.ndarray, n: int) -> list[list[int]]:
+    """The tight ``[x0, y0, x1, y1)`` box of each silhouette ``1..n`` in a label map of :func:`_render`."""
+    boxes = []
+    for k in range(n):
+        ys, xs = np.nonzero(labels == k + 1)
+        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    return boxes
+
+
 def mask_to_rle(mask: np.ndarray) -> dict:
     """COCO's uncompressed RLE of a binary ``(h, w)`` mask: column-major run lengths, first run of
     zeros (possibly empty)."""
@@ -750,10 +759,7 @@ def generate_one(index: int, seed: int, split: str = "train", config: SynthRefCo
         raise RuntimeError(f"no {sub_domain} question found for sample {index} of {split!r} (seed {seed})")
 
     image, labels = _render(scene, rng, cfg)
-    boxes = []
-    for k in range(scene.n):
-        ys, xs = np.nonzero(labels == k + 1)
-        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    boxes = label_boxes(labels, scene.n)
     targets = sorted(query.targets)
     think = render_trace(query.referring, CATEGORY, query.steps, query.summary)
     marks = summary_marks(think)

@@ -34,13 +34,11 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from rexthinker.cache import cache_root, cached_build
@@ -48,6 +46,7 @@ from rexthinker.data import synthref
 from rexthinker.data.sample import RefSample
 from rexthinker.prompts import answer_json, build_messages, hint_json, pixel_limits
 from rexthinker.sft.data import IGNORE, Features, collate
+from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
 
 BASE_VERSION = 1  # bump when the tasks or the training procedure change
 MARKER = "rexthinker_base.json"
@@ -99,10 +98,7 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
     cfg = synthref.SynthRefConfig()
     scene = synthref._make_scene(rng, cfg, set())
     image, labels = synthref._render(scene, rng, cfg)
-    boxes = []
-    for k in range(scene.n):
-        ys, xs = np.nonzero(labels == k + 1)
-        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    boxes = synthref.label_boxes(labels, scene.n)
     sample = RefSample(id=f"base-{split}-{index}", image_name="", referring="", candidate_boxes=boxes, answer_boxes=[],
                        category=synthref.CATEGORY, image_size=(scene.width, scene.height))  # fmt: skip
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
@@ -161,16 +157,9 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print) -> d
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     lo, hi = pixel_limits(processor)
     pad_id = processor.tokenizer.pad_token_id
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    other = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                              lr=recipe.lr, betas=(0.9, 0.98))  # fmt: skip
-
-    def lr_at(step: int) -> float:
-        if step < recipe.warmup_steps:
-            return recipe.lr * (step + 1) / recipe.warmup_steps
-        progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-        return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    optim = OptimConfig(lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98), scheduler="cosine",
+                        warmup_ratio=recipe.warmup_steps / recipe.steps, max_grad_norm=1.0)  # fmt: skip
+    learner = Learner(model, optim, LearnerConfig(strategy="single", precision="fp32"), recipe.steps)
 
     def batch(start: int, size: int, split: str) -> dict:
         feats = [build_features(processor, *make_example(i, recipe, lo, hi, split)) for i in range(start, start + size)]
@@ -183,15 +172,11 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print) -> d
         data = batch(step * recipe.batch_size, recipe.batch_size, "pretrain")
         labels = data.pop("labels")
         data.pop("skipped")
-        logits = model(**data).logits
+        logits = learner(**data).logits
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
-        for group in optim.param_groups:
-            group["lr"] = lr_at(step)
-        optim.step()
-        row = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": grad_norm, "elapsed_s": time.perf_counter() - start_time}
+        learner.backward(loss)
+        stats = learner.step()
+        row = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": stats["grad_norm"], "elapsed_s": time.perf_counter() - start_time}
         if (step + 1) % 25 == 0 or step + 1 == recipe.steps:
             model.eval()
             with torch.no_grad():
@@ -201,12 +186,7 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print) -> d
             log(f"[base] step {step + 1}/{recipe.steps} loss {row['loss']:.4f} held-out exact answers: describe "
                 f"{exact['describe']:.3f}, locate {exact['locate']:.3f} ({row['elapsed_s']:.0f} s)")  # fmt: skip
         history.append(row)
-    model.eval()
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    for extra in ("generation_config.json",):
-        if (model_dir / extra).exists() and not (out_dir / extra).exists():
-            (out_dir / extra).write_text((model_dir / extra).read_text())
+    learner.export_hf(out_dir, processor)
     (out_dir / "pretrain_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     return history[-1]
 

@@ -43,6 +43,7 @@ def _refresh_tied_head(worker) -> bool:
 class VLLMRollout:
     sleeps = False  # sleep after each generation (see the module docstring)
     asleep: frozenset[str] = frozenset()  # what is offloaded now: "weights", "kv_cache"
+    mm_kwargs: dict | None = None  # per-request image resizing (see ``pixel_limits``)
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, forbidden: list[int] | None = None,
                  pixel_limits: tuple[int, int] | None = None, sleep: bool = False):  # fmt: skip
@@ -94,7 +95,7 @@ class VLLMRollout:
         from vllm import SamplingParams
 
         inputs = [{"prompt": r.prompt, "multi_modal_data": {"image": r.image}} for r in requests]
-        if getattr(self, "mm_kwargs", None):
+        if self.mm_kwargs:
             for item in inputs:
                 item["mm_processor_kwargs"] = self.mm_kwargs
         params = [

@@ -55,29 +55,26 @@ def barrier() -> None:
         torch_dist.barrier()
 
 
-def all_reduce_sum(value: float) -> float:
+def _all_reduce(values: list[float], op) -> list[float]:
+    """Element-wise reduction over ranks of a list of numbers, in one collective (float64)."""
     if not torch_dist.is_initialized():
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device() if torch.cuda.is_available() else "cpu")
-    torch_dist.all_reduce(tensor)
-    return float(tensor.item())
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device() if torch.cuda.is_available() else "cpu")
+    torch_dist.all_reduce(tensor, op=op)
+    return tensor.tolist()
+
+
+def all_reduce_sum(value: float) -> float:
+    return _all_reduce([value], torch_dist.ReduceOp.SUM)[0]
 
 
 def all_reduce_max(value: float) -> float:
-    if not torch_dist.is_initialized():
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device() if torch.cuda.is_available() else "cpu")
-    torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
-    return float(tensor.item())
+    return _all_reduce([value], torch_dist.ReduceOp.MAX)[0]
 
 
 def all_reduce_sums(values: list[float]) -> list[float]:
     """Element-wise sums over ranks of a list of numbers, in one collective."""
-    if not torch_dist.is_initialized():
-        return [float(v) for v in values]
-    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device() if torch.cuda.is_available() else "cpu")
-    torch_dist.all_reduce(tensor)
-    return tensor.tolist()
+    return _all_reduce(values, torch_dist.ReduceOp.SUM)
 
 
 def broadcast_object(obj):
