@@ -43,6 +43,7 @@ class AlgorithmConfig:
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass
     micro_batch_tokens: int = 16384  # padded tokens per forward/backward (token-budget micro-batching)
+    share_prompts: bool = True  # run each prompt (and image) once per micro-batch for all its responses
     filter_zero_variance: bool = False  # DAPO-style: drop groups whose rewards are all equal
     entropy_coef: float = 0.0
 

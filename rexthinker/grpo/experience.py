@@ -3,6 +3,15 @@
 A sequence is the *processor's* prompt ids (image tokens expanded, exactly what vLLM computed
 internally from the same text and image) followed by the completion's token ids. The HF forward
 gets ``mm_token_type_ids`` too: without them Qwen2.5-VL's rope positions drift (~1e-2 in log-prob).
+
+Two layouts of a micro-batch give the same log-probs:
+
+- :func:`collate`: every row is prompt + response, right-padded; one forward.
+- :func:`collate_shared` (GRPO's default): the n responses of a group share their prompt, so each
+  distinct prompt (and its image) is run once, left-padded, with the KV cache kept; the responses
+  then run on that cache, expanded to their rows. Gradients flow through the cache into the shared
+  prompt pass. With 8 responses of ~180 tokens after a ~300-token prompt this is about half the
+  tokens and an eighth of the vision-tower work of the first layout.
 """
 
 from __future__ import annotations
@@ -83,9 +92,120 @@ def collate(seqs: Sequence[TokenSequence], pad_id: int) -> dict[str, torch.Tenso
     }
 
 
+def micro_batches_shared(seqs: Sequence[TokenSequence], indices: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Micro-batches for :func:`collate_shared`: rows of one prompt stay together (sorted by prompt,
+    then length) and a micro-batch grows while ``distinct prompts x longest prompt + rows x longest
+    response`` stays within ``max_tokens``. A group too large for the budget is split; a single
+    sequence over it gets a micro-batch of its own. Deterministic."""
+    first_seen: dict[int, int] = {}
+    for i in indices:
+        first_seen.setdefault(id(seqs[i].prompt), len(first_seen))
+    order = sorted(indices, key=lambda i: (first_seen[id(seqs[i].prompt)], len(seqs[i].response_ids), i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    prompts: set[int] = set()
+    longest_prompt = longest_response = 0
+    for i in order:
+        s = seqs[i]
+        new_prompts = prompts | {id(s.prompt)}
+        new_lp = max(longest_prompt, s.prompt.input_ids.numel())
+        new_lr = max(longest_response, len(s.response_ids), 1)
+        if current and len(new_prompts) * new_lp + (len(current) + 1) * new_lr > max_tokens:
+            batches.append(current)
+            current, new_prompts = [], {id(s.prompt)}
+            new_lp, new_lr = s.prompt.input_ids.numel(), max(len(s.response_ids), 1)
+        current.append(i)
+        prompts, longest_prompt, longest_response = new_prompts, new_lp, new_lr
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate_shared(seqs: Sequence[TokenSequence], pad_id: int) -> dict[str, torch.Tensor]:
+    """The prompt-sharing layout: ``prompt_*`` holds each distinct prompt once, left-padded (so every
+    prompt's last token is in the last column); ``response_*`` holds the responses right-padded (at
+    least one column, so a micro-batch of empty responses still runs the same passes); ``group``
+    maps each row to its prompt. ``response_mask`` is :func:`collate`'s, so callers read results the
+    same way whichever layout made them."""
+    prompts = list({id(s.prompt): s.prompt for s in seqs}.values())
+    slot = {id(p): u for u, p in enumerate(prompts)}
+    width = max(p.input_ids.numel() for p in prompts)
+    p_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    p_attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    p_types = torch.zeros((len(prompts), width), dtype=torch.long)
+    for u, p in enumerate(prompts):
+        n = p.input_ids.numel()
+        p_ids[u, width - n :] = p.input_ids
+        p_attention[u, width - n :] = 1
+        p_types[u, width - n :] = p.mm_token_type_ids
+    length = max(max(len(s.response_ids) for s in seqs), 1)
+    r_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    r_attention = torch.zeros((len(seqs), length), dtype=torch.long)
+    response_mask = torch.zeros((len(seqs), max(s.length for s in seqs)), dtype=torch.bool)
+    for row, s in enumerate(seqs):
+        r_ids[row, : len(s.response_ids)] = torch.tensor(s.response_ids, dtype=torch.long)
+        r_attention[row, : len(s.response_ids)] = 1
+        response_mask[row, s.prompt.input_ids.numel() : s.length] = True
+    return {
+        "prompt_input_ids": p_ids,
+        "prompt_attention_mask": p_attention,
+        "prompt_mm_token_type_ids": p_types,
+        "pixel_values": torch.cat([p.pixel_values for p in prompts]),
+        "image_grid_thw": torch.cat([p.image_grid_thw for p in prompts]),
+        "response_input_ids": r_ids,
+        "response_attention_mask": r_attention,
+        "group": torch.tensor([slot[id(s.prompt)] for s in seqs], dtype=torch.long),
+        "response_mask": response_mask,
+    }
+
+
+def _hf_model(model):
+    """The transformers model behind a :class:`~rexthinker.train.learner.Learner` or itself."""
+    return getattr(model, "module", model)
+
+
+def _shared_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits (rows, response columns, vocab) predicting each response token, for the
+    :func:`collate_shared` layout: two forwards, the prompts once and the responses on their cache."""
+    p_attention = batch["prompt_attention_mask"]
+    positions, _ = _hf_model(model).model.get_rope_index(
+        batch["prompt_input_ids"], batch["prompt_mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
+        attention_mask=p_attention,
+    )  # fmt: skip
+    prompt_out = model(
+        input_ids=batch["prompt_input_ids"], attention_mask=p_attention, position_ids=positions,
+        mm_token_type_ids=batch["prompt_mm_token_type_ids"], pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"], use_cache=True, logits_to_keep=1,
+    )  # fmt: skip
+    group = batch["group"]
+    cache = prompt_out.past_key_values
+    cache.reorder_cache(group)  # one copy of a prompt's keys/values per response row (differentiable)
+    following = positions.masked_fill(p_attention[None] == 0, -1).amax(dim=(0, 2)) + 1  # first position after each prompt
+    r_ids = batch["response_input_ids"]
+    r_positions = following[group][:, None] + torch.arange(r_ids.shape[1], device=r_ids.device)
+    response_out = model(
+        input_ids=r_ids, attention_mask=torch.cat([p_attention[group], batch["response_attention_mask"]], dim=1),
+        position_ids=r_positions[None].expand(3, -1, -1), past_key_values=cache, use_cache=True,
+    )  # fmt: skip
+    return torch.cat([prompt_out.logits[group][:, -1:], response_out.logits[:, :-1]], dim=1)
+
+
 def token_logprobs_and_entropy(model, batch: dict[str, torch.Tensor], with_entropy: bool = False):
-    """Per-token log-prob of each token given its prefix, aligned with ``input_ids`` (position t
-    holds log p(x_t | x_<t); position 0 is 0), in float32; optionally the entropy at each position."""
+    """Per-token log-prob of each token given its prefix, aligned with the :func:`collate` layout
+    (position t holds log p(x_t | x_<t); position 0 is 0), in float32; optionally the entropy at
+    each position. A :func:`collate_shared` batch gives the same values at ``response_mask``
+    positions (and zeros elsewhere)."""
+    if "group" in batch:
+        logits = _shared_logits(model, batch)
+        r_mask = batch["response_attention_mask"].bool()
+        mask = batch["response_mask"]
+        out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+        out[mask] = token_logprobs(logits, batch["response_input_ids"])[r_mask]
+        if not with_entropy:
+            return out, None
+        entropy = torch.zeros_like(out)
+        entropy[mask] = entropy_from_logits(logits)[r_mask]
+        return out, entropy
     inputs = {k: v for k, v in batch.items() if k != "response_mask"}
     logits = model(**inputs).logits[:, :-1]
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32, device=logits.device)

@@ -21,8 +21,10 @@ from rexthinker.grpo.config import GRPOConfig
 from rexthinker.grpo.experience import (
     TokenSequence,
     collate,
+    collate_shared,
     encode_prompt,
     micro_batches_by_tokens,
+    micro_batches_shared,
     token_logprobs_and_entropy,
 )
 from rexthinker.models.load import load_policy, set_pixel_limits
@@ -71,14 +73,18 @@ class PolicyWorker:
         parameters in each forward (stage 3) and reduces gradients in each backward, so the passes
         must meet on all ranks. The extra ones (``replay`` True) replay this rank's first sequence;
         callers give them no weight."""
-        lengths = [seqs[i].length for i in indices]
-        micro = [[indices[i] for i in mb] for mb in micro_batches_by_tokens(lengths, self.cfg.algorithm.micro_batch_tokens)]
+        budget = self.cfg.algorithm.micro_batch_tokens
+        if self.cfg.algorithm.share_prompts:
+            micro, layout = micro_batches_shared(seqs, indices, budget), collate_shared
+        else:
+            lengths = [seqs[i].length for i in indices]
+            micro, layout = [[indices[i] for i in mb] for mb in micro_batches_by_tokens(lengths, budget)], collate
         count = int(dist.all_reduce_max(len(micro))) if lockstep and dist.world_size() > 1 else len(micro)
         if count > len(micro) and not seqs:
             raise ValueError("a learner rank got no sequence; with several ranks each needs at least one (the driver pads)")
         for j in range(count):
             rows = micro[j] if j < len(micro) else [0]
-            batch = {k: v.to(dist.device()) for k, v in collate([seqs[r] for r in rows], self.pad_id).items()}
+            batch = {k: v.to(dist.device()) for k, v in layout([seqs[r] for r in rows], self.pad_id).items()}
             yield rows, batch, j >= len(micro)
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ class RolloutConfig:
     max_model_len: int = 8192  # prompt + response tokens (vLLM)
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.6
+    cpu_kv_cache_gib: float = 1.0  # vLLM's KV cache on CPU (the VLLM_CPU_KVCACHE_SPACE variable wins when set)
     enforce_eager: bool = False
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     hf_batch_size: int = 16  # sequences per generate() call of the transformers backend

@@ -65,6 +65,9 @@ class VLLMRollout:
             # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded
             # request's prefill is split across steps; unsplit prefills avoid that path.
             kwargs["enable_chunked_prefill"] = False
+            # An explicit size, not vLLM's default share of RAM (0.92), which fails at start-up as
+            # soon as other processes (Ray, the learner, the page cache) hold more than 8% of it.
+            kwargs["kv_cache_memory_bytes"] = int(cfg.cpu_kv_cache_gib * 2**30)
         if sleep:
             kwargs["enable_sleep_mode"] = True
         kwargs.update(cfg.extra)

@@ -10,7 +10,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rexthinker.data.synthref import generate
 from rexthinker.generation import render
-from rexthinker.grpo.experience import TokenSequence, collate, encode_prompt, token_logprobs_and_entropy
+from rexthinker.grpo.experience import TokenSequence, collate, collate_shared, encode_prompt, token_logprobs_and_entropy
 from rexthinker.rollout.base import Request, RolloutConfig, forbidden_token_ids
 
 pytestmark = pytest.mark.vllm
@@ -52,16 +52,17 @@ def test_vllm_logprobs_match_the_learner_after_a_weight_sync(tiny_model_path, ti
         for c in group:
             seqs.append(TokenSequence(prompt, c.token_ids))
             sampler.append(torch.tensor(c.logprobs))
-    batch = collate(seqs, processor.tokenizer.pad_token_id)
-    with torch.no_grad():
-        learner, _ = token_logprobs_and_entropy(perturbed, batch)
-    diffs = []
-    for row, expected in enumerate(sampler):
-        got = learner[row][batch["response_mask"][row]]
-        assert got.numel() == expected.numel()
-        diffs.append((got - expected).abs().max().item())
-    print(f"max |log-prob vLLM - learner| after sync: {max(diffs):.2e}")
-    assert max(diffs) <= 1e-3, diffs
+    for layout in (collate, collate_shared):  # both learner layouts (the shared prompt pass is GRPO's default)
+        batch = layout(seqs, processor.tokenizer.pad_token_id)
+        with torch.no_grad():
+            learner, _ = token_logprobs_and_entropy(perturbed, batch)
+        diffs = []
+        for row, expected in enumerate(sampler):
+            got = learner[row][batch["response_mask"][row]]
+            assert got.numel() == expected.numel()
+            diffs.append((got - expected).abs().max().item())
+        print(f"max |log-prob vLLM - learner ({layout.__name__})| after sync: {max(diffs):.2e}")
+        assert max(diffs) <= 1e-3, diffs
     forbidden = set(engine.forbidden)
     assert forbidden and not any(forbidden & set(c.token_ids) for g in after for c in g)
 
