@@ -45,14 +45,23 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def shard_by_cost(costs: Sequence[float], ranks: int) -> list[list[int]]:
+def shard_by_cost(costs: Sequence[float], ranks: int, groups: Sequence[int] | None = None) -> list[list[int]]:
     """Item indices split over ``ranks`` with about equal summed cost: costliest first, each onto
-    the rank with the least so far (deterministic); each shard in the items' order."""
+    the rank with the least so far (deterministic); each shard in the items' order. With
+    ``groups`` (one id per item) and at least as many groups as ranks, whole groups are the units
+    (their items' summed cost), so a rank that shares prompt passes gets every response of a prompt."""
+    units = [[i] for i in range(len(costs))]
+    if groups is not None and len(set(groups)) >= ranks:
+        by_group: dict = {}
+        for i, g in enumerate(groups):
+            by_group.setdefault(g, []).append(i)
+        units = list(by_group.values())
+    unit_costs = [sum(costs[i] for i in unit) for unit in units]
     loads, shards = [0.0] * ranks, [[] for _ in range(ranks)]
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+    for u in sorted(range(len(units)), key=lambda u: (-unit_costs[u], units[u][0])):
         r = min(range(ranks), key=lambda r: (loads[r], r))
-        shards[r].append(i)
-        loads[r] += costs[i]
+        shards[r].extend(units[u])
+        loads[r] += unit_costs[u]
     return [sorted(shard) for shard in shards]
 
 
@@ -68,10 +77,11 @@ class RankBatch:
     padding: int = 0
 
 
-def rank_batches(prompts, responses, costs: Sequence[float], ranks: int) -> list[RankBatch]:
-    """Each rank's share of ``responses`` (``(prompt index, token ids)``), balanced by ``costs``."""
+def rank_batches(prompts, responses, costs: Sequence[float], ranks: int, whole_groups: bool = False) -> list[RankBatch]:
+    """Each rank's share of ``responses`` (``(prompt index, token ids)``), balanced by ``costs``;
+    ``whole_groups`` keeps a prompt's responses on one rank where there are enough prompts."""
     out = []
-    for shard in shard_by_cost(costs, ranks):
+    for shard in shard_by_cost(costs, ranks, [p for p, _ in responses] if whole_groups else None):
         rows, padding = (shard, 0) if shard else ([0], 1)
         used = sorted({responses[i][0] for i in rows})
         local = {p: k for k, p in enumerate(used)}
@@ -282,7 +292,7 @@ class GRPOTrainer:
         kept = keep.nonzero().flatten().tolist()
         if kept:
             with self.timed(metrics, "update"):
-                parts = rank_batches(prompts, [responses[i] for i in kept], [costs[i] for i in kept], len(self.learners))
+                parts = rank_batches(prompts, [responses[i] for i in kept], [costs[i] for i in kept], len(self.learners), alg.share_prompts)
                 futures = [learner.train_step.remote(b.prompts, b.responses, [float(advantages[kept[i]]) for i in b.indices] + [0.0] * b.padding,
                                                      self.step, b.padding) for learner, b in zip(self.learners, parts)]  # fmt: skip
                 metrics.update(merge_rank_metrics(ray.get(futures)))
@@ -312,7 +322,7 @@ class GRPOTrainer:
         """KL(policy || reference) of each response, the responses split over the learner ranks."""
         import ray
 
-        parts = rank_batches(prompts, responses, costs, len(self.learners))
+        parts = rank_batches(prompts, responses, costs, len(self.learners), self.cfg.algorithm.share_prompts)
         results = ray.get([learner.sequence_kl.remote(b.prompts, b.responses) for learner, b in zip(self.learners, parts)])
         kl = [0.0] * len(responses)
         for b, values in zip(parts, results):

@@ -36,6 +36,18 @@ def test_shard_by_cost_covers_every_item_once_and_balances():
     assert shard_by_cost(costs, 1) == [list(range(len(costs)))]
 
 
+def test_shard_by_cost_keeps_groups_whole_when_there_are_enough():
+    costs = [5, 1, 4, 4, 2, 2, 9, 1]
+    groups = [0, 0, 1, 1, 2, 2, 3, 3]
+    shards = shard_by_cost(costs, 2, groups)
+    assert sorted(i for s in shards for i in s) == list(range(len(costs)))
+    for s in shards:  # every group on exactly one rank
+        assert all(groups.count(g) == sum(1 for i in s if groups[i] == g) for g in {groups[i] for i in s})
+    assert sorted(sum(costs[i] for i in s) for s in shards) == [14, 14]  # groups 3 + 2 and 1 + 0
+    # fewer groups than ranks: items are split individually so no rank is left with nothing
+    assert all(shard_by_cost([3, 2, 1], 3, [0, 0, 0]))
+
+
 def test_rank_batches_send_each_rank_its_prompts_and_pad_an_empty_rank():
     prompts = ["p0", "p1", "p2"]
     responses = [(2, [1, 2, 3]), (0, [4]), (2, [5, 6])]
