@@ -49,22 +49,27 @@ class TokenSequence:
         return self.prompt.input_ids.numel() + len(self.response_ids)
 
 
+def _pack(order: Sequence[int], cost, max_tokens: int) -> list[list[int]]:
+    """Greedy micro-batches of ``order``: an item joins the current batch while ``cost(batch)`` stays
+    within ``max_tokens``; an item over the budget on its own gets a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and cost(current + [i]) > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def micro_batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Split sequence indices into micro-batches whose *padded* size (rows x longest) stays within
     ``max_tokens``; sequences are sorted by length first so padding is small. A sequence longer than
     the budget gets a micro-batch of its own. Deterministic."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches, current, longest = [], [], 0
-    for i in order:
-        new_longest = max(longest, lengths[i])
-        if current and new_longest * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, new_longest = [], lengths[i]
-        current.append(i)
-        longest = new_longest
-    if current:
-        batches.append(current)
-    return batches
+    return _pack(order, lambda batch: len(batch) * max(lengths[i] for i in batch), max_tokens)
 
 
 def collate(seqs: Sequence[TokenSequence], pad_id: int) -> dict[str, torch.Tensor]:
@@ -101,24 +106,12 @@ def micro_batches_shared(seqs: Sequence[TokenSequence], indices: Sequence[int], 
     for i in indices:
         first_seen.setdefault(id(seqs[i].prompt), len(first_seen))
     order = sorted(indices, key=lambda i: (first_seen[id(seqs[i].prompt)], len(seqs[i].response_ids), i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    prompts: set[int] = set()
-    longest_prompt = longest_response = 0
-    for i in order:
-        s = seqs[i]
-        new_prompts = prompts | {id(s.prompt)}
-        new_lp = max(longest_prompt, s.prompt.input_ids.numel())
-        new_lr = max(longest_response, len(s.response_ids), 1)
-        if current and len(new_prompts) * new_lp + (len(current) + 1) * new_lr > max_tokens:
-            batches.append(current)
-            current, new_prompts = [], {id(s.prompt)}
-            new_lp, new_lr = s.prompt.input_ids.numel(), max(len(s.response_ids), 1)
-        current.append(i)
-        prompts, longest_prompt, longest_response = new_prompts, new_lp, new_lr
-    if current:
-        batches.append(current)
-    return batches
+
+    def cost(batch: list[int]) -> int:
+        prompts = {id(seqs[i].prompt): seqs[i].prompt.input_ids.numel() for i in batch}
+        return len(prompts) * max(prompts.values()) + len(batch) * max(max(len(seqs[i].response_ids) for i in batch), 1)
+
+    return _pack(order, cost, max_tokens)
 
 
 def collate_shared(seqs: Sequence[TokenSequence], pad_id: int) -> dict[str, torch.Tensor]:
