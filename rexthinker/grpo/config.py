@@ -44,6 +44,7 @@ class AlgorithmConfig:
     mini_batches: int = 1  # optimizer steps per pass
     micro_batch_tokens: int = 16384  # padded tokens per forward/backward (token-budget micro-batching)
     share_prompts: bool = True  # run each prompt (and image) once per micro-batch for all its responses
+    response_chunk: int = 128  # with share_prompts: response columns per pass, finished rows dropped (0: one pass)
     filter_zero_variance: bool = False  # DAPO-style: drop groups whose rewards are all equal
     entropy_coef: float = 0.0
 

@@ -97,11 +97,20 @@ def collate(seqs: Sequence[TokenSequence], pad_id: int) -> dict[str, torch.Tenso
     }
 
 
-def micro_batches_shared(seqs: Sequence[TokenSequence], indices: Sequence[int], max_tokens: int) -> list[list[int]]:
+def response_cost(lengths: Sequence[int], chunk: int = 0) -> int:
+    """Response tokens :func:`_shared_chunks` computes for rows of these lengths: each chunk runs
+    its columns for the rows still going at its start (every row in the first)."""
+    width = max(max(lengths, default=0), 1)
+    step = chunk or width
+    return sum(min(step, width - start) * (sum(1 for n in lengths if n > start) if start else len(lengths)) for start in range(0, width, step))
+
+
+def micro_batches_shared(seqs: Sequence[TokenSequence], indices: Sequence[int], max_tokens: int, chunk: int = 0) -> list[list[int]]:
     """Micro-batches for :func:`collate_shared`: rows of one prompt stay together (sorted by prompt,
-    then length) and a micro-batch grows while ``distinct prompts x longest prompt + rows x longest
-    response`` stays within ``max_tokens``. A group too large for the budget is split; a single
-    sequence over it gets a micro-batch of its own. Deterministic."""
+    then length) and a micro-batch grows while ``distinct prompts x longest prompt`` plus the
+    response tokens computed with ``chunk`` (:func:`response_cost`) stays within ``max_tokens``. A
+    group too large for the budget is split; a single sequence over it gets a micro-batch of its
+    own. Deterministic."""
     first_seen: dict[int, int] = {}
     for i in indices:
         first_seen.setdefault(id(seqs[i].prompt), len(first_seen))
@@ -109,7 +118,7 @@ def micro_batches_shared(seqs: Sequence[TokenSequence], indices: Sequence[int], 
 
     def cost(batch: list[int]) -> int:
         prompts = {id(seqs[i].prompt): seqs[i].prompt.input_ids.numel() for i in batch}
-        return len(prompts) * max(prompts.values()) + len(batch) * max(max(len(seqs[i].response_ids) for i in batch), 1)
+        return len(prompts) * max(prompts.values()) + response_cost([len(seqs[i].response_ids) for i in batch], chunk)
 
     return _pack(order, cost, max_tokens)
 
@@ -157,9 +166,12 @@ def _hf_model(model):
     return getattr(model, "module", model)
 
 
-def _shared_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits (rows, response columns, vocab) predicting each response token, for the
-    :func:`collate_shared` layout: two forwards, the prompts once and the responses on their cache."""
+def _shared_chunks(model, batch: dict[str, torch.Tensor], chunk: int = 0):
+    """The :func:`collate_shared` forward: the prompts once, then the responses on their cache,
+    ``chunk`` columns at a time (all at once when 0). A chunk runs only the rows still going at its
+    first column, so a short response stops costing compute after its last chunk instead of being
+    padded to the longest one. Yields ``(rows, start, logits)``: the logits (len(rows), columns,
+    vocab) predicting ``response_input_ids[rows, start:start + columns]``."""
     p_attention = batch["prompt_attention_mask"]
     positions, _ = _hf_model(model).model.get_rope_index(
         batch["prompt_input_ids"], batch["prompt_mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
@@ -174,30 +186,50 @@ def _shared_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     cache = prompt_out.past_key_values
     cache.reorder_cache(group)  # one copy of a prompt's keys/values per response row (differentiable)
     following = positions.masked_fill(p_attention[None] == 0, -1).amax(dim=(0, 2)) + 1  # first position after each prompt
-    r_ids = batch["response_input_ids"]
-    r_positions = following[group][:, None] + torch.arange(r_ids.shape[1], device=r_ids.device)
-    response_out = model(
-        input_ids=r_ids, attention_mask=torch.cat([p_attention[group], batch["response_attention_mask"]], dim=1),
-        position_ids=r_positions[None].expand(3, -1, -1), past_key_values=cache, use_cache=True,
-    )  # fmt: skip
-    return torch.cat([prompt_out.logits[group][:, -1:], response_out.logits[:, :-1]], dim=1)
+    r_ids, r_attention = batch["response_input_ids"], batch["response_attention_mask"]
+    lengths, width = r_attention.sum(dim=1), r_ids.shape[1]
+    rows = torch.arange(len(group), device=r_ids.device)
+    attention, first, last = p_attention[group], following[group], prompt_out.logits[group][:, -1:]
+    for start in range(0, width, chunk or width):
+        alive = (lengths[rows] > start).nonzero().flatten()
+        if start and alive.numel() == 0:
+            break
+        if start and alive.numel() < rows.numel():  # drop the finished rows from the cache and the masks
+            cache.reorder_cache(alive)
+            rows, attention, last = rows[alive], attention[alive], last[alive]
+        stop = min(start + (chunk or width), width)
+        attention = torch.cat([attention, r_attention[rows, start:stop]], dim=1)
+        r_positions = first[rows][:, None] + torch.arange(start, stop, device=r_ids.device)
+        out = model(
+            input_ids=r_ids[rows, start:stop], attention_mask=attention, position_ids=r_positions[None].expand(3, -1, -1),
+            past_key_values=cache, use_cache=stop < width,
+        )  # fmt: skip
+        yield rows, start, torch.cat([last, out.logits[:, :-1]], dim=1)
+        last = out.logits[:, -1:]
 
 
-def token_logprobs_and_entropy(model, batch: dict[str, torch.Tensor], with_entropy: bool = False):
+def token_logprobs_and_entropy(model, batch: dict[str, torch.Tensor], with_entropy: bool = False, chunk: int = 0):
     """Per-token log-prob of each token given its prefix, aligned with the :func:`collate` layout
     (position t holds log p(x_t | x_<t); position 0 is 0), in float32; optionally the entropy at
     each position. A :func:`collate_shared` batch gives the same values at ``response_mask``
-    positions (and zeros elsewhere)."""
+    positions (and zeros elsewhere); its responses run ``chunk`` columns at a time (see
+    :func:`_shared_chunks`), which changes the cost, not the values."""
     if "group" in batch:
-        logits = _shared_logits(model, batch)
-        r_mask = batch["response_attention_mask"].bool()
-        mask = batch["response_mask"]
-        out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
-        out[mask] = token_logprobs(logits, batch["response_input_ids"])[r_mask]
+        r_ids = batch["response_input_ids"]
+        lp = torch.zeros(r_ids.shape, dtype=torch.float32, device=r_ids.device)
+        ent = torch.zeros_like(lp) if with_entropy else None
+        for rows, start, logits in _shared_chunks(model, batch, chunk):
+            stop = start + logits.shape[1]
+            lp[rows, start:stop] = token_logprobs(logits, r_ids[rows, start:stop])
+            if with_entropy:
+                ent[rows, start:stop] = entropy_from_logits(logits)
+        mask, r_mask = batch["response_mask"], batch["response_attention_mask"].bool()
+        out = torch.zeros(mask.shape, dtype=torch.float32, device=lp.device)
+        out[mask] = lp[r_mask]
         if not with_entropy:
             return out, None
         entropy = torch.zeros_like(out)
-        entropy[mask] = entropy_from_logits(logits)[r_mask]
+        entropy[mask] = ent[r_mask]
         return out, entropy
     inputs = {k: v for k, v in batch.items() if k != "response_mask"}
     logits = model(**inputs).logits[:, :-1]

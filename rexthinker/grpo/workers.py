@@ -73,9 +73,9 @@ class PolicyWorker:
         parameters in each forward (stage 3) and reduces gradients in each backward, so the passes
         must meet on all ranks. The extra ones (``replay`` True) replay this rank's first sequence;
         callers give them no weight."""
-        budget = self.cfg.algorithm.micro_batch_tokens
+        budget, chunk = self.cfg.algorithm.micro_batch_tokens, self.cfg.algorithm.response_chunk
         if self.cfg.algorithm.share_prompts:
-            micro, layout = micro_batches_shared(seqs, indices, budget), collate_shared
+            micro, layout = micro_batches_shared(seqs, indices, budget, chunk), collate_shared
         else:
             lengths = [seqs[i].length for i in indices]
             micro, layout = [[indices[i] for i in mb] for mb in micro_batches_by_tokens(lengths, budget)], collate
@@ -93,7 +93,7 @@ class PolicyWorker:
         ``lockstep`` for the learner's own (possibly ZeRO-3 sharded) model, see :meth:`_batches`."""
         out: list[torch.Tensor | None] = [None] * len(seqs)
         for rows, batch, replay in self._batches(seqs, list(range(len(seqs))), lockstep):
-            lp, _ = token_logprobs_and_entropy(model, batch)
+            lp, _ = token_logprobs_and_entropy(model, batch, chunk=self.cfg.algorithm.response_chunk)
             for k, r in enumerate([] if replay else rows):
                 out[r] = lp[k][batch["response_mask"][k]].cpu()
         return out
@@ -150,7 +150,8 @@ class PolicyWorker:
                 for k, (rows, batch, replay) in enumerate(micro):
                     self.learner.set_boundary(k == len(micro) - 1)
                     mask = batch.pop("response_mask")
-                    lp, ent = token_logprobs_and_entropy(self.learner, dict(batch, response_mask=mask), with_entropy=True)
+                    lp, ent = token_logprobs_and_entropy(self.learner, dict(batch, response_mask=mask), with_entropy=True,
+                                                         chunk=alg.response_chunk)  # fmt: skip
                     old_lp = lp.detach() if old is None else self._place(old, rows, mask)
                     carries = torch.zeros(len(rows), dtype=torch.bool) if replay else real[rows]
                     weighted = mask & carries.to(mask.device)[:, None]  # padding and replayed rows carry no loss

@@ -104,7 +104,7 @@ class VLLMRollout:
         params = [
             SamplingParams(
                 n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_new_tokens,
-                seed=r.seed, logprobs=0, skip_special_tokens=True,
+                seed=r.seed, logprobs=0 if self.cfg.logprobs else None, skip_special_tokens=True,
                 logit_bias={t: -100.0 for t in self.forbidden} or None,
             )  # fmt: skip
             for r in requests

@@ -15,6 +15,7 @@ from rexthinker.grpo.experience import (
     collate_shared,
     encode_prompt,
     micro_batches_shared,
+    response_cost,
     token_logprobs_and_entropy,
 )
 
@@ -37,16 +38,17 @@ def _sequences(processor, lengths_per_prompt, seed=0):
     return seqs
 
 
-def _values_and_grads(model, batch):
+def _values_and_grads(model, batch, chunk=0):
     model.zero_grad()
-    lp, ent = token_logprobs_and_entropy(model, batch, with_entropy=True)
+    lp, ent = token_logprobs_and_entropy(model, batch, with_entropy=True, chunk=chunk)
     mask = batch["response_mask"]
     (lp[mask].sum() + 0.1 * ent[mask].sum()).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return lp.detach(), ent.detach(), grads
 
 
-def test_shared_prompts_give_the_same_logprobs_entropy_and_gradients(model_and_processor):
+@pytest.mark.parametrize("chunk", [0, 7, 30])  # one pass; 5 chunks dropping rows 5, 12, 17 on the way; 30 = the longest
+def test_shared_prompts_give_the_same_logprobs_entropy_and_gradients(model_and_processor, chunk):
     model, processor = model_and_processor
     model.train()
     seqs = _sequences(processor, [(5, 17, 0, 30), (12,), (3, 9)])
@@ -57,7 +59,7 @@ def test_shared_prompts_give_the_same_logprobs_entropy_and_gradients(model_and_p
     assert shared["prompt_input_ids"].shape[0] == 3 and shared["pixel_values"].shape[0] < plain["pixel_values"].shape[0]
 
     lp1, ent1, g1 = _values_and_grads(model, plain)
-    lp2, ent2, g2 = _values_and_grads(model, shared)
+    lp2, ent2, g2 = _values_and_grads(model, shared, chunk)
     mask = plain["response_mask"]
     assert (lp2[~mask] == 0).all() and (ent2[~mask] == 0).all()
     assert torch.allclose(lp1[mask], lp2[mask], atol=1e-5), (lp1[mask] - lp2[mask]).abs().max()
@@ -68,13 +70,14 @@ def test_shared_prompts_give_the_same_logprobs_entropy_and_gradients(model_and_p
         assert ((g1[name] - g2[name]).abs().max() / scale) < 1e-4, name
 
 
-def test_shared_batch_of_empty_responses_still_runs(model_and_processor):
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_shared_batch_of_empty_responses_still_runs(model_and_processor, chunk):
     model, processor = model_and_processor
     seqs = _sequences(processor, [(0, 0)])
     batch = collate_shared(seqs, processor.tokenizer.pad_token_id)
     assert batch["response_input_ids"].shape == (2, 1) and not batch["response_mask"].any()
     with torch.no_grad():
-        lp, _ = token_logprobs_and_entropy(model, batch)
+        lp, _ = token_logprobs_and_entropy(model, batch, chunk=chunk)
     assert lp.shape == batch["response_mask"].shape and (lp == 0).all()
 
 
@@ -110,3 +113,18 @@ def test_shared_micro_batches_of_a_subset_and_an_oversized_sequence():
     assert sorted(i for b in batches for i in b) == [0, 1, 3]
     assert [1] in batches  # 50 + 500 is over the budget: alone
     assert micro_batches_shared(seqs, [], max_tokens=200) == []
+
+
+def test_response_cost_counts_the_rows_each_chunk_runs():
+    assert response_cost([5, 17, 0, 30]) == 4 * 30  # one pass: every row padded to the longest
+    # chunks of 7 columns start at 0, 7, 14, 21 and 28: all 4 rows, then 17 and 30 twice, then 30 (2 columns last)
+    assert response_cost([5, 17, 0, 30], 7) == 4 * 7 + 2 * 7 + 2 * 7 + 1 * 7 + 1 * 2
+    assert response_cost([5, 17, 0, 30], 64) == response_cost([5, 17, 0, 30])
+    assert response_cost([0, 0]) == 2 and response_cost([]) == 0
+
+
+def test_chunked_micro_batches_hold_more_rows_in_the_same_budget():
+    seqs = _fake([100, 100], [(0, 200), (0, 10), (0, 10), (0, 10), (1, 200), (1, 10), (1, 10), (1, 10)])
+    one_pass = micro_batches_shared(seqs, list(range(8)), max_tokens=1100)
+    chunked = micro_batches_shared(seqs, list(range(8)), max_tokens=1100, chunk=16)
+    assert len(one_pass) == 2 and len(chunked) == 1  # 2 x 100 + 2 x 200 + 6 x 16 = 696 fits, 2 x 100 + 8 x 200 does not

@@ -37,7 +37,7 @@ def test_vllm_logprobs_match_the_learner_after_a_weight_sync(tiny_model_path, ti
 
     processor = AutoProcessor.from_pretrained(tiny_model_path)
     engine = VLLMRollout.__new__(VLLMRollout)  # reuse the session's engine instead of a second one
-    engine.llm, engine.cfg = tiny_vllm, RolloutConfig(temperature=1.0, top_p=1.0, max_new_tokens=12)
+    engine.llm, engine.cfg = tiny_vllm, RolloutConfig(temperature=1.0, top_p=1.0, max_new_tokens=12, logprobs=True)
     engine.forbidden = forbidden_token_ids(processor.tokenizer)
     requests = _requests(processor)
 
@@ -52,16 +52,17 @@ def test_vllm_logprobs_match_the_learner_after_a_weight_sync(tiny_model_path, ti
         for c in group:
             seqs.append(TokenSequence(prompt, c.token_ids))
             sampler.append(torch.tensor(c.logprobs))
-    for layout in (collate, collate_shared):  # both learner layouts (the shared prompt pass is GRPO's default)
+    # both learner layouts (the shared prompt pass is GRPO's default), its responses in one pass or in chunks
+    for layout, chunk in ((collate, 0), (collate_shared, 0), (collate_shared, 5)):
         batch = layout(seqs, processor.tokenizer.pad_token_id)
         with torch.no_grad():
-            learner, _ = token_logprobs_and_entropy(perturbed, batch)
+            learner, _ = token_logprobs_and_entropy(perturbed, batch, chunk=chunk)
         diffs = []
         for row, expected in enumerate(sampler):
             got = learner[row][batch["response_mask"][row]]
             assert got.numel() == expected.numel()
             diffs.append((got - expected).abs().max().item())
-        print(f"max |log-prob vLLM - learner ({layout.__name__})| after sync: {max(diffs):.2e}")
+        print(f"max |log-prob vLLM - learner ({layout.__name__}, chunk {chunk})| after sync: {max(diffs):.2e}")
         assert max(diffs) <= 1e-3, diffs
     forbidden = set(engine.forbidden)
     assert forbidden and not any(forbidden & set(c.token_ids) for g in after for c in g)
@@ -83,6 +84,7 @@ def test_same_seed_same_rollouts(tiny_model_path, tiny_vllm):
     b = engine.generate(requests, n=3)
     assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
     assert all(len(g) == 3 for g in a)
+    assert all(c.logprobs is None for g in a for c in g) and any(c.text for g in a for c in g)  # log-probs are opt-in
 
 
 def test_a_large_seeded_batch_runs_on_cpu(tiny_model_path):
