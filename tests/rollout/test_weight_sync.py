@@ -110,3 +110,49 @@ print("groups", len(out), "samples", sum(len(g) for g in out))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "groups 24 samples 192" in proc.stdout
+
+
+def test_a_compiled_engine_takes_new_weights(tiny_model_path):
+    """``rollout.enforce_eager: false`` (the default: vLLM compiles the model, also on CPU) must
+    not keep generating with weights captured at compile time: log-prob parity after two syncs.
+    Runs in a subprocess: one in-process vLLM engine per test process."""
+    import subprocess
+    import sys
+
+    code = f"""
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from rexthinker.data.synthref import generate
+from rexthinker.generation import render
+from rexthinker.grpo.experience import TokenSequence, collate_shared, encode_prompt, token_logprobs_and_entropy
+from rexthinker.rollout.base import Request, RolloutConfig, forbidden_token_ids
+from rexthinker.rollout.vllm_engine import VLLMRollout
+path = {str(tiny_model_path)!r}
+proc = AutoProcessor.from_pretrained(path)
+cfg = RolloutConfig(temperature=1.0, top_p=1.0, max_new_tokens=12, max_model_len=2048, enforce_eager=False, logprobs=True)
+engine = VLLMRollout(path, cfg, forbidden=forbidden_token_ids(proc.tokenizer))
+requests = [Request(p, im, seed=100 + i) for i, (_, _, p, im) in enumerate(render(generate(2, seed=21, split="val"), proc))]
+model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+for step in range(3):
+    if step:
+        gen = torch.Generator().manual_seed(step)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+        engine.load_weights((n, p.detach().clone()) for n, p in model.state_dict().items())
+    seqs, sampler = [], []
+    for r, group in zip(requests, engine.generate(requests, 2)):
+        prompt = encode_prompt(proc, r.prompt, r.image)
+        for c in group:
+            seqs.append(TokenSequence(prompt, c.token_ids))
+            sampler.append(torch.tensor(c.logprobs))
+    batch = collate_shared(seqs, proc.tokenizer.pad_token_id)
+    with torch.no_grad():
+        lp, _ = token_logprobs_and_entropy(model, batch)
+    print("step", step, "diff", max((lp[i][batch["response_mask"][i]] - s).abs().max().item() for i, s in enumerate(sampler)))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    diffs = [float(line.split()[-1]) for line in proc.stdout.splitlines() if line.startswith("step ")]
+    print(proc.stdout)
+    assert len(diffs) == 3 and max(diffs) <= 1e-3, diffs
