@@ -66,6 +66,37 @@ def shard_by_cost(costs: Sequence[float], ranks: int, groups: Sequence[int] | No
 
 
 @dataclass
+class Placement:
+    """Where the actors go: one placement-group bundle per entry of ``bundles``; learner rank i on
+    ``learners[i]``; rollout engine j on ``engines[j]`` (one bundle per tensor-parallel rank: vLLM's
+    Ray executor puts its workers there); ``share`` is the GPU each actor or vLLM worker takes."""
+
+    bundles: list[dict]
+    learners: list[int]
+    engines: list[list[int]]
+    share: float
+
+
+def plan_placement(ranks: int, engines: int, gpus: bool, colocate: bool, tensor_parallel: int = 1) -> Placement:
+    """On GPUs, one bundle (one GPU) per learner rank and per tensor-parallel rank of each rollout
+    engine; with ``colocate`` the engines' GPUs are the learners' (half a GPU each), engines spread
+    evenly and each on ``tensor_parallel`` consecutive bundles. On CPU, half a core per actor and
+    one bundle per engine (a CPU engine's tensor parallelism stays inside its process)."""
+    tp = tensor_parallel if gpus else 1
+    if gpus and colocate:
+        slots = max(ranks, engines * tp)
+        stride = slots // engines
+        spans = [list(range(j * stride, j * stride + tp)) for j in range(engines)]
+        share = 0.5
+    else:
+        slots = ranks + engines * tp
+        spans = [list(range(ranks + j * tp, ranks + (j + 1) * tp)) for j in range(engines)]
+        share = 1.0 if gpus else 0.0
+    bundle = {"CPU": 1, "GPU": 1} if gpus else {"CPU": 0.5}
+    return Placement([dict(bundle) for _ in range(slots)], list(range(ranks)), spans, share)
+
+
+@dataclass
 class RankBatch:
     """One learner rank's share of a step: ``indices`` of the responses it trains on, the prompts
     they need, the responses re-indexed onto those prompts, and ``padding`` extra responses (a rank
@@ -154,9 +185,8 @@ class GRPOTrainer:
               f"{cfg.algorithm.prompts_per_step} x {cfg.rollout.n} samples per step, rollouts: {cfg.rollout.backend}", flush=True)  # fmt: skip
 
     def _start_actors(self, resume_from: Path | None):
-        """Placement. On GPUs, one bundle (one GPU) per learner rank and per rollout engine; with
-        ``resources.colocate`` the engines share the learners' bundles (half a GPU each), spread
-        evenly. On CPU, half a core per actor (they share the machine). Several learner ranks form
+        """Placement (:func:`plan_placement`). On CPU, half a core per actor (they share the
+        machine). A tensor-parallel vLLM engine gets one bundle per rank. Several learner ranks form
         one process group: rank 0's node and a free port there are looked up first, and every rank
         gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT before it joins."""
         import ray
@@ -166,19 +196,14 @@ class GRPOTrainer:
         from rexthinker.grpo.workers import PolicyWorker, RolloutWorker
 
         r = self.cfg.resources
-        ranks, engines, gpu = r.learner_ranks, r.rollout_engines, r.gpus > 0
-        if gpu and r.colocate:
-            share, slots = 0.5, max(ranks, engines)
-            rollout_slots = [j * (slots // engines) for j in range(engines)]
-        else:
-            share, slots = (1 if gpu else 0), ranks + engines
-            rollout_slots = [ranks + j for j in range(engines)]
-        bundles = [{"CPU": 1, "GPU": 1} if gpu else {"CPU": 0.5} for _ in range(slots)]
-        pg = placement_group(bundles, strategy="PACK")
+        ranks, gpu = r.learner_ranks, r.gpus > 0
+        tp = self.cfg.rollout.tensor_parallel_size if self.cfg.rollout.backend == "vllm" else 1
+        plan = plan_placement(ranks, r.rollout_engines, gpu, r.colocate, tp)
+        pg = placement_group(plan.bundles, strategy="PACK")
         self.placement_group = pg
         ready, _ = ray.wait([pg.ready()], timeout=600)
         if not ready:
-            raise RuntimeError(f"Ray could not reserve {bundles} within 10 minutes; cluster resources: {ray.cluster_resources()}")
+            raise RuntimeError(f"Ray could not reserve {plan.bundles} within 10 minutes; cluster resources: {ray.cluster_resources()}")
 
         def strategy(index: int):
             return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)
@@ -194,17 +219,21 @@ class GRPOTrainer:
 
         weights_path = str(resume_from / "hf") if resume_from is not None else self.cfg.model.path
         learners = [
-            ray.remote(PolicyWorker).options(num_cpus=0.5, num_gpus=share, scheduling_strategy=strategy(i)).remote(
+            ray.remote(PolicyWorker).options(num_cpus=0.5, num_gpus=plan.share, scheduling_strategy=strategy(plan.learners[i])).remote(
                 self.cfg, self.total_steps, weights_path, env
             )
             for i, env in enumerate(dist_envs)
         ]
-        rollouts = [
-            ray.remote(RolloutWorker).options(num_cpus=0.5, num_gpus=share, scheduling_strategy=strategy(slot)).remote(
-                self.cfg, weights_path, _seed(self.cfg.trainer.seed, i)
-            )
-            for i, slot in enumerate(rollout_slots)
-        ]
+        rollouts = []
+        for j, span in enumerate(plan.engines):
+            options = dict(num_cpus=0.5, num_gpus=plan.share, scheduling_strategy=strategy(span[0]))
+            if len(span) > 1:
+                # Tensor-parallel vLLM: the engine's actor holds no GPU; vLLM's Ray executor starts
+                # one worker per rank on the bundles named here, in this placement group.
+                env = {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, span)), "VLLM_RAY_PER_WORKER_GPUS": str(plan.share)}
+                options.update(num_gpus=0, runtime_env={"env_vars": env}, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=span[0], placement_group_capture_child_tasks=True))  # fmt: skip
+            rollouts.append(ray.remote(RolloutWorker).options(**options).remote(self.cfg, weights_path, _seed(self.cfg.trainer.seed, j)))
         ray.get([w.ping.remote() for w in [*learners, *rollouts]])
         return learners, rollouts
 

@@ -19,6 +19,7 @@ Facts this relies on (measured with vLLM 0.32, see dev/LOG.md):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import torch
@@ -61,6 +62,8 @@ class VLLMRollout:
         )  # fmt: skip
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            if cfg.tensor_parallel_size > 1 and os.environ.get("VLLM_RAY_BUNDLE_INDICES"):
+                kwargs["distributed_executor_backend"] = "ray"  # workers on the bundles the GRPO driver reserved
         else:
             # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded
             # request's prefill is split across steps; unsplit prefills avoid that path.

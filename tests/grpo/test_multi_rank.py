@@ -355,3 +355,39 @@ def test_driver_trains_saves_and_resumes_on_two_zero2_ranks(tiny_model_path, grp
     assert [step for step, _ in saved] == [1, 2] and first == saved[0][1] / "hf"
     for step, folder in saved:
         assert (folder / "learner").is_dir() and checkpoint.read_state(folder)["step"] == step
+
+
+def test_placement_of_the_released_recipe_colocated_with_tensor_parallel_rollouts():
+    from rexthinker.grpo.trainer import plan_placement
+
+    # 8 GPUs: 8 learner ranks, 4 vLLM engines of tensor-parallel 2, all sharing the GPUs
+    plan = plan_placement(ranks=8, engines=4, gpus=True, colocate=True, tensor_parallel=2)
+    assert len(plan.bundles) == 8 and all(b == {"CPU": 1, "GPU": 1} for b in plan.bundles)
+    assert plan.learners == list(range(8)) and plan.share == 0.5
+    assert plan.engines == [[0, 1], [2, 3], [4, 5], [6, 7]]  # each GPU: one learner rank + one engine rank
+
+
+def test_placement_separate_and_single_gpu_engines():
+    from rexthinker.grpo.trainer import plan_placement
+
+    plan = plan_placement(ranks=4, engines=2, gpus=True, colocate=False, tensor_parallel=2)
+    assert len(plan.bundles) == 8 and plan.learners == [0, 1, 2, 3] and plan.share == 1.0
+    assert plan.engines == [[4, 5], [6, 7]]
+    plan = plan_placement(ranks=2, engines=1, gpus=True, colocate=True)
+    assert len(plan.bundles) == 2 and plan.engines == [[0]]  # one engine on the first GPU, the second learner alone
+    plan = plan_placement(ranks=2, engines=4, gpus=True, colocate=True)
+    assert len(plan.bundles) == 4 and plan.engines == [[0], [1], [2], [3]]
+    # engine ranks never overlap and never leave the group
+    for ranks, engines, tp in [(8, 4, 2), (8, 2, 4), (3, 2, 2), (1, 1, 2), (6, 3, 2)]:
+        for colocate in (True, False):
+            plan = plan_placement(ranks, engines, True, colocate, tp)
+            used = [b for span in plan.engines for b in span]
+            assert len(used) == len(set(used)) == engines * tp and max(used) < len(plan.bundles), (ranks, engines, tp, colocate)
+            assert all(span == list(range(span[0], span[0] + tp)) for span in plan.engines)
+
+
+def test_placement_on_cpu_ignores_tensor_parallel_bundles():
+    from rexthinker.grpo.trainer import plan_placement
+
+    plan = plan_placement(ranks=2, engines=1, gpus=False, colocate=True, tensor_parallel=2)
+    assert plan.bundles == [{"CPU": 0.5}] * 3 and plan.engines == [[2]] and plan.share == 0.0
