@@ -97,12 +97,18 @@ def collate(seqs: Sequence[TokenSequence], pad_id: int) -> dict[str, torch.Tenso
     }
 
 
+def response_chunks(width: int, chunk: int = 0) -> list[tuple[int, int]]:
+    """The column spans ``(start, stop)`` the responses of a :func:`collate_shared` batch run in:
+    ``chunk`` columns each, or one span of all ``width`` columns when 0."""
+    step = chunk or width
+    return [(start, min(start + step, width)) for start in range(0, width, step)]
+
+
 def response_cost(lengths: Sequence[int], chunk: int = 0) -> int:
     """Response tokens :func:`_shared_chunks` computes for rows of these lengths: each chunk runs
     its columns for the rows still going at its start (every row in the first)."""
-    width = max(max(lengths, default=0), 1)
-    step = chunk or width
-    return sum(min(step, width - start) * (sum(1 for n in lengths if n > start) if start else len(lengths)) for start in range(0, width, step))
+    spans = response_chunks(max(max(lengths, default=0), 1), chunk)
+    return sum((stop - start) * (sum(1 for n in lengths if n > start) if start else len(lengths)) for start, stop in spans)
 
 
 def micro_batches_shared(seqs: Sequence[TokenSequence], indices: Sequence[int], max_tokens: int, chunk: int = 0) -> list[list[int]]:
@@ -190,14 +196,13 @@ def _shared_chunks(model, batch: dict[str, torch.Tensor], chunk: int = 0):
     lengths, width = r_attention.sum(dim=1), r_ids.shape[1]
     rows = torch.arange(len(group), device=r_ids.device)
     attention, first, last = p_attention[group], following[group], prompt_out.logits[group][:, -1:]
-    for start in range(0, width, chunk or width):
+    for start, stop in response_chunks(width, chunk):
         alive = (lengths[rows] > start).nonzero().flatten()
         if start and alive.numel() == 0:
             break
         if start and alive.numel() < rows.numel():  # drop the finished rows from the cache and the masks
             cache.reorder_cache(alive)
             rows, attention, last = rows[alive], attention[alive], last[alive]
-        stop = min(start + (chunk or width), width)
         attention = torch.cat([attention, r_attention[rows, start:stop]], dim=1)
         r_positions = first[rows][:, None] + torch.arange(start, stop, device=r_ids.device)
         out = model(

@@ -205,8 +205,9 @@ class GRPOTrainer:
         if not ready:
             raise RuntimeError(f"Ray could not reserve {plan.bundles} within 10 minutes; cluster resources: {ray.cluster_resources()}")
 
-        def strategy(index: int):
-            return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)
+        def strategy(index: int, capture_children: bool | None = None):
+            return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index,
+                                                    placement_group_capture_child_tasks=capture_children)  # fmt: skip
 
         dist_envs = [None]
         if ranks > 1:
@@ -231,8 +232,7 @@ class GRPOTrainer:
                 # Tensor-parallel vLLM: the engine's actor holds no GPU; vLLM's Ray executor starts
                 # one worker per rank on the bundles named here, in this placement group.
                 env = {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, span)), "VLLM_RAY_PER_WORKER_GPUS": str(plan.share)}
-                options.update(num_gpus=0, runtime_env={"env_vars": env}, scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=span[0], placement_group_capture_child_tasks=True))  # fmt: skip
+                options.update(num_gpus=0, runtime_env={"env_vars": env}, scheduling_strategy=strategy(span[0], capture_children=True))
             rollouts.append(ray.remote(RolloutWorker).options(**options).remote(self.cfg, weights_path, _seed(self.cfg.trainer.seed, j)))
         ray.get([w.ping.remote() for w in [*learners, *rollouts]])
         return learners, rollouts

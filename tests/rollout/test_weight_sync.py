@@ -4,6 +4,8 @@ tokens, for the same image and prompt."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -16,20 +18,43 @@ from rexthinker.rollout.base import Request, RolloutConfig, forbidden_token_ids
 pytestmark = pytest.mark.vllm
 
 
-@pytest.fixture(scope="module")
-def perturbed(tiny_model_path):
-    """The tiny model with every weight moved: what a learner holds after some updates."""
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
-    gen = torch.Generator().manual_seed(0)
+def perturb(model, seed: int = 0):
+    """Move every weight of ``model`` a little: what a learner holds after some updates."""
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.02)
     return model
 
 
+@pytest.fixture(scope="module")
+def perturbed(tiny_model_path):
+    return perturb(AutoModelForImageTextToText.from_pretrained(tiny_model_path, dtype=torch.float32).eval())
+
+
 def _requests(processor, k=3):
     samples = generate(k, seed=21, split="val")
     return [Request(prompt, image, seed=100 + i) for i, (_, _, prompt, image) in enumerate(render(samples, processor))]
+
+
+def logprob_diffs(model, processor, requests, groups, layout=collate_shared, chunk: int = 0) -> list[float]:
+    """Per completion, the largest |sampler log-prob - learner log-prob| of its tokens, the learner
+    being ``model`` on ``layout`` batches of the same prompts, images and tokens."""
+    seqs, sampler = [], []
+    for request, group in zip(requests, groups):
+        prompt = encode_prompt(processor, request.prompt, request.image)
+        for c in group:
+            seqs.append(TokenSequence(prompt, c.token_ids))
+            sampler.append(torch.tensor(c.logprobs))
+    batch = layout(seqs, processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        learner, _ = token_logprobs_and_entropy(model, batch, chunk=chunk)
+    diffs = []
+    for row, expected in enumerate(sampler):
+        got = learner[row][batch["response_mask"][row]]
+        assert got.numel() == expected.numel()
+        diffs.append((got - expected).abs().max().item())
+    return diffs
 
 
 def test_vllm_logprobs_match_the_learner_after_a_weight_sync(tiny_model_path, tiny_vllm, perturbed):
@@ -46,22 +71,9 @@ def test_vllm_logprobs_match_the_learner_after_a_weight_sync(tiny_model_path, ti
     after = engine.generate(requests, n=2)
     assert [[c.token_ids for c in g] for g in before] != [[c.token_ids for c in g] for g in after]
 
-    seqs, sampler = [], []
-    for request, group in zip(requests, after):
-        prompt = encode_prompt(processor, request.prompt, request.image)
-        for c in group:
-            seqs.append(TokenSequence(prompt, c.token_ids))
-            sampler.append(torch.tensor(c.logprobs))
     # both learner layouts (the shared prompt pass is GRPO's default), its responses in one pass or in chunks
     for layout, chunk in ((collate, 0), (collate_shared, 0), (collate_shared, 5)):
-        batch = layout(seqs, processor.tokenizer.pad_token_id)
-        with torch.no_grad():
-            learner, _ = token_logprobs_and_entropy(perturbed, batch, chunk=chunk)
-        diffs = []
-        for row, expected in enumerate(sampler):
-            got = learner[row][batch["response_mask"][row]]
-            assert got.numel() == expected.numel()
-            diffs.append((got - expected).abs().max().item())
+        diffs = logprob_diffs(perturbed, processor, requests, after, layout, chunk)
         print(f"max |log-prob vLLM - learner ({layout.__name__}, chunk {chunk})| after sync: {max(diffs):.2e}")
         assert max(diffs) <= 1e-3, diffs
     forbidden = set(engine.forbidden)
@@ -122,36 +134,22 @@ def test_a_compiled_engine_takes_new_weights(tiny_model_path):
     code = f"""
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from rexthinker.data.synthref import generate
-from rexthinker.generation import render
-from rexthinker.grpo.experience import TokenSequence, collate_shared, encode_prompt, token_logprobs_and_entropy
-from rexthinker.rollout.base import Request, RolloutConfig, forbidden_token_ids
+from rexthinker.rollout.base import RolloutConfig, forbidden_token_ids
 from rexthinker.rollout.vllm_engine import VLLMRollout
+from tests.rollout.test_weight_sync import _requests, logprob_diffs, perturb
 path = {str(tiny_model_path)!r}
 proc = AutoProcessor.from_pretrained(path)
 cfg = RolloutConfig(temperature=1.0, top_p=1.0, max_new_tokens=12, max_model_len=2048, enforce_eager=False, logprobs=True)
 engine = VLLMRollout(path, cfg, forbidden=forbidden_token_ids(proc.tokenizer))
-requests = [Request(p, im, seed=100 + i) for i, (_, _, p, im) in enumerate(render(generate(2, seed=21, split="val"), proc))]
+requests = _requests(proc, 2)
 model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
 for step in range(3):
     if step:
-        gen = torch.Generator().manual_seed(step)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
-        engine.load_weights((n, p.detach().clone()) for n, p in model.state_dict().items())
-    seqs, sampler = [], []
-    for r, group in zip(requests, engine.generate(requests, 2)):
-        prompt = encode_prompt(proc, r.prompt, r.image)
-        for c in group:
-            seqs.append(TokenSequence(prompt, c.token_ids))
-            sampler.append(torch.tensor(c.logprobs))
-    batch = collate_shared(seqs, proc.tokenizer.pad_token_id)
-    with torch.no_grad():
-        lp, _ = token_logprobs_and_entropy(model, batch)
-    print("step", step, "diff", max((lp[i][batch["response_mask"][i]] - s).abs().max().item() for i, s in enumerate(sampler)))
+        engine.load_weights((n, p.detach().clone()) for n, p in perturb(model, step).state_dict().items())
+    print("step", step, "diff", max(logprob_diffs(model, proc, requests, engine.generate(requests, 2))))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400)
+    root = Path(__file__).resolve().parents[2]  # `tests` importable from the subprocess
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400, cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     diffs = [float(line.split()[-1]) for line in proc.stdout.splitlines() if line.startswith("step ")]
     print(proc.stdout)
