@@ -17,6 +17,7 @@ Example:
 
 Generator settings are overridden with trailing key=value pairs (JSON values), e.g.
   ... persons=[3,6] domain_weights.rejection=0.2
+  ... trace_boxes=true   (each trace line states its box in the --min/--max-pixels model frame)
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise SystemExit(f"unknown formats {unknown}; choose from {','.join(FORMATS)}")
-    config = apply_overrides(SynthRefConfig(), args.overrides)
+    config = apply_overrides(SynthRefConfig(frame=(args.min_pixels, args.max_pixels)), args.overrides)
     counts = {split: getattr(args, split) for split in SPLITS}
     if any(n < 0 for n in counts.values()):
         raise SystemExit("sample counts must be >= 0")

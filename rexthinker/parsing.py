@@ -266,8 +266,12 @@ _WORD = re.compile(r"[^\W\d_]+")
 _MAX_HEAD = 120  # a line whose first colon comes later is prose, not a candidate line
 # The common line, whose head fits in _MAX_HEAD: bullet, word, number, colon, text, mark at the end.
 _SIMPLE_ITEM = re.compile(
-    r"[-*\u2022][ \t]{0,5}([^\W\d_]{1,100}) ([1-9]\d{0,5})[ \t]{0,5}:.*([\u26a0\u274c\u2705])\ufe0f?[ \t.]*"
+    r"[-*\u2022][ \t]{0,5}([^\W\d_]{1,100}) ([1-9]\d{0,5})(?:[ \t]*\[[\d \t,.\-]*\])?[ \t]{0,5}:"
+    r".*([\u26a0\u274c\u2705])\ufe0f?[ \t.]*"
 )
+# A box stated after the candidate's name, "- Person 3 [12, 40, 60, 200]: ..." (SynthRef's
+# trace_boxes layout); it is not part of the name.
+_HEAD_BOX = re.compile(r"[ \t]*\[[\d \t,.\-]*\]$")
 
 
 def parse_trace(think: str) -> Trace:
@@ -275,7 +279,7 @@ def parse_trace(think: str) -> Trace:
 
     Headings (``#`` lines) split the text: before the first one is the plan (``- Step k: <title>``
     lines), then ``# Step k: <title>`` blocks and a ``# Summarize…``/``Re-Check`` block. Candidate
-    lines are ``- <Category> <refs>: <text> → <mark>`` where ``<refs>`` is one number, a range
+    lines are ``- <Category> <refs> [box]: <text> → <mark>`` (the box is optional) where ``<refs>`` is one number, a range
     (``1-9``), a list (``1,2,4``, ``1, 2 and 4``, ``Person 1, Person 3``) or a mix, and the
     category may be plural ("Persons 1-3"). Bulleted prose whose head names no candidates is
     skipped unless it ends in a mark, which is reported.
@@ -405,7 +409,7 @@ def _read_item(line: str, marks: dict[int, str], where: str, category: list[str]
     if text[-1:] == _VARIATION_SELECTOR:
         text = text[:-1]
     mark = text[-1:]
-    head = line[1:colon].strip()
+    head = _HEAD_BOX.sub("", line[1:colon].strip())
     word, _, number = head.rpartition(" ")
     if number.isdecimal() and word.isalpha():  # the common "Person 3"
         refs = (word, [int(number)]) if int(number) > 0 else None

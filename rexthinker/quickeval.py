@@ -6,7 +6,8 @@ GRPO stage trains on, so the numbers are the training objective's, measured on u
 - ``format``: share of completions with the strict ``<think>…</think><answer>…</answer>`` layout
   and a readable answer;
 - ``accuracy_f1``: mean IoU-matched F1 over samples that have targets;
-- ``rejection_acc``: share of no-target samples answered with no box.
+- ``rejection_acc``: share of no-target samples answered with no box;
+- ``per_domain``: the three again for each sample domain.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def score(generations: Sequence[Generation], reward: str = DEFAULT_REWARD) -> di
         return sum(values[i] for i in idx) / len(idx) if idx else float("nan")
 
     every = range(len(generations))
+    positive, negative = set(positives), set(negatives)
+    per_domain = {}
+    for domain in sorted({g.sample.domain or "unknown" for g in generations}):
+        idx = [i for i, g in enumerate(generations) if (g.sample.domain or "unknown") == domain]
+        per_domain[domain] = {
+            "samples": len(idx),
+            "format": mean(scores["format"], idx),
+            "accuracy_f1": mean(scores["accuracy"], [i for i in idx if i in positive]),
+            "rejection_acc": mean(scores["accuracy"], [i for i in idx if i in negative]),
+        }
     return {
         "samples": len(generations),
         "format": mean(scores["format"], every),
@@ -44,21 +55,32 @@ def score(generations: Sequence[Generation], reward: str = DEFAULT_REWARD) -> di
         "rejection_acc": mean(scores["accuracy"], negatives),
         "overall": mean(scores["overall"], every),
         "mean_tokens": sum(g.num_tokens for g in generations) / max(1, len(generations)),
+        "per_domain": per_domain,
     }
 
 
-def baselines(samples) -> dict[str, dict[str, float]]:
-    """Scores of two trivial policies on the same samples: every hint box, and no box."""
+def baselines(samples, domains: Sequence[str] | None = None) -> dict[str, dict]:
+    """Scores of two trivial policies on the same ``(hint boxes, answer boxes)`` samples: every hint
+    box, and no box; with ``domains`` (one per sample) also per domain."""
     from rexthinker.boxes import detection_f1
 
-    out = {}
-    for name, pick in {"all_boxes": lambda hints: hints, "no_boxes": lambda hints: []}.items():
-        pos, neg = [], []
-        for hints, gt in samples:
-            pred = pick(hints)
-            (pos if gt else neg).append(detection_f1(pred, gt, 0.5) if gt else float(not pred))
-        out[name] = {
+    def rates(rows) -> dict[str, float]:
+        pos = [v for v, gt in rows if gt]
+        neg = [v for v, gt in rows if not gt]
+        return {
             "accuracy_f1": sum(pos) / len(pos) if pos else float("nan"),
             "rejection_acc": sum(neg) / len(neg) if neg else float("nan"),
         }
+
+    out = {}
+    for name, pick in {"all_boxes": lambda hints: hints, "no_boxes": lambda hints: []}.items():
+        rows = []
+        for hints, gt in samples:
+            pred = pick(hints)
+            rows.append((detection_f1(pred, gt, 0.5) if gt else float(not pred), bool(gt)))
+        out[name] = rates(rows)
+        if domains is not None:
+            out[name]["per_domain"] = {
+                d: rates([r for r, dd in zip(rows, domains) if dd == d]) for d in sorted(set(domains))
+            }
     return out

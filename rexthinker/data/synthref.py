@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS, model_frame_size, to_model_frame
 from rexthinker.data.sample import RefSample
 from rexthinker.data.trace import Line, Step, candidate_name, ordering, render_trace, summary_marks
 
@@ -84,6 +85,11 @@ class SynthRefConfig:
     p_hold_hands: float = 0.15  # per pair of neighbours
     noise: float = 0.0  # amplitude of uniform background noise, 0-255 (PNG size grows with it)
     png_compress_level: int = 1
+    # The trace states each candidate's box after its name ("- Person 3 [x0, y0, x1, y1]: ..."), in
+    # the model frame of ``frame`` = (min_pixels, max_pixels), the frame the prompt's hints are in.
+    # Off by default: the HumanRef-CoT layout has no boxes in its traces.
+    trace_boxes: bool = False
+    frame: tuple[int, int] = (TRAIN_MIN_PIXELS, TRAIN_MAX_PIXELS)
     domain_weights: dict[str, float] = field(
         default_factory=lambda: {
             "attribute": 0.24,
@@ -108,7 +114,7 @@ class SynthRefConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("width", "height", "persons", "colors_per_image"):
+        for name in ("width", "height", "persons", "colors_per_image", "frame"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"SynthRefConfig.{name} must be 0 < lo <= hi, got {(lo, hi)}")
@@ -761,7 +767,11 @@ def generate_one(index: int, seed: int, split: str = "train", config: SynthRefCo
     image, labels = _render(scene, rng, cfg)
     boxes = label_boxes(labels, scene.n)
     targets = sorted(query.targets)
-    think = render_trace(query.referring, CATEGORY, query.steps, query.summary)
+    frame_boxes = None
+    if cfg.trace_boxes:
+        model = model_frame_size(scene.width, scene.height, *cfg.frame)
+        frame_boxes = [to_model_frame(box, (scene.width, scene.height), model) for box in boxes]
+    think = render_trace(query.referring, CATEGORY, query.steps, query.summary, frame_boxes)
     marks = summary_marks(think)
     checked = {i for i, ok in marks.items() if ok}
     assert set(marks) == set(range(scene.n)) and checked == set(targets), f"unfaithful trace for sample {index}"

@@ -11,6 +11,11 @@ one by accident:
 - summary: "# Summarize and Re-Check answer", the re-check sentence and one
   "- Person i: <reason> → ✅|❌" line per candidate. The ✅ lines are the answer.
 
+Optionally (``boxes=``) every candidate line states the candidate's hint box after its name,
+"- Person 3 [x0, y0, x1, y1]: red shirt → ⚠": a trace a small model can learn from, since it copies
+the hint list in order and the answer copies boxes it has just written (issue 14). The
+HumanRef-CoT layout, without boxes, stays the default.
+
 Candidates are 0-based indices here and "Person i" (1-based) in the text.
 """
 
@@ -64,12 +69,22 @@ def ordering(category: str, indices: Sequence[int]) -> str:
     return "[" + ", ".join(candidate_name(category, i) for i in indices) + "]"
 
 
-def _line(category: str, line: Line, hit_mark: str) -> str:
-    return f"- {candidate_name(category, line.index)}: {line.text} {ARROW} {hit_mark if line.hit else CROSS}"
+def _line(category: str, line: Line, hit_mark: str, boxes: Sequence[Sequence[int]] | None) -> str:
+    name = candidate_name(category, line.index)
+    if boxes is not None:
+        name += " [" + ", ".join(str(int(v)) for v in boxes[line.index]) + "]"
+    return f"- {name}: {line.text} {ARROW} {hit_mark if line.hit else CROSS}"
 
 
-def render_trace(referring: str, category: str, steps: Sequence[Step], summary: Sequence[Line]) -> str:
-    """The whole ``think`` text (without ``<think>`` tags)."""
+def render_trace(
+    referring: str,
+    category: str,
+    steps: Sequence[Step],
+    summary: Sequence[Line],
+    boxes: Sequence[Sequence[int]] | None = None,
+) -> str:
+    """The whole ``think`` text (without ``<think>`` tags). With ``boxes`` (the hint boxes in the
+    model frame, in hint order) each candidate line carries its box after the name."""
     if not steps:
         raise ValueError("a trace needs at least one step")
     n_targets = sum(line.hit for line in summary)
@@ -81,17 +96,17 @@ def render_trace(referring: str, category: str, steps: Sequence[Step], summary: 
         block = [f"# Step {k}: {step.title}"]
         if step.note:
             block.append(step.note)
-        block.extend(_line(category, line, WARN) for line in step.lines)
+        block.extend(_line(category, line, WARN, boxes) for line in step.lines)
         if not step.lines and not step.note:
             block.append(f"No {category} is left to check.")
         parts.append("\n".join(block))
     target_word = plural(category) if n_targets > 1 else category
     recheck = f"Let's now recheck our answer and put {CHECK} for the target {target_word} and {CROSS} for others"
-    parts.append("\n".join([SUMMARY_HEADER, recheck] + [_line(category, line, CHECK) for line in summary]))
+    parts.append("\n".join([SUMMARY_HEADER, recheck] + [_line(category, line, CHECK, boxes) for line in summary]))
     return "\n\n".join(parts)
 
 
-_SUMMARY_LINE = re.compile(r"^- (?:\w[\w ]*?) (\d+): .* " + ARROW + r" (" + CHECK + "|" + CROSS + r")\s*$")
+_SUMMARY_LINE = re.compile(r"^- (?:\w[\w ]*?) (\d+)(?: \[[\d, ]*\])?: .* " + ARROW + r" (" + CHECK + "|" + CROSS + r")\s*$")
 
 
 def summary_marks(think: str) -> dict[int, bool]:

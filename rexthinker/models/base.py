@@ -8,8 +8,12 @@ So the demo starts, like the real recipe, from a model that has those generic sk
 pre-trains ``small`` on two instruction tasks that are not the referring task and contain no
 reasoning trace:
 
-- *describe* — "Describe every person." with the box hints in the prompt; the answer lists each
-  hint's shirt colour, height, hat, flag and hand-holding partner (dense region captioning);
+- *describe* — "Describe every person." with the box hints in the prompt; the answer lists every
+  hint in order with its box, shirt colour, height, hat, flag and hand-holding partner,
+  ``Person 2 [x0, y0, x1, y1]: red shirt, tall, ...`` (dense region captioning). Stating the box
+  makes "Person k" an in-order copy of the hint list, which a small model learns in minutes
+  (``benchmarks/copy_probe.py``), where answering "Person k" straight from the unlabelled list
+  (counting) is not learned in CPU-hours; ``--no-boxes`` gives the version 1 description;
 - *locate* — "Where is Person 3?" / "Where are Person 2 and Person 5?"; the answer is the boxes
   in the referring answer's JSON form (grounded copy of the k-th hint).
 
@@ -18,14 +22,21 @@ shared with the SFT / GRPO / evaluation splits. The result is cached like the ra
 
     python -m rexthinker.models.base              # prints the cached folder, building it if needed
     python -m rexthinker.models.base --steps 400  # a different budget is a different cache entry
+    python -m rexthinker.models.base --steps 600 --batch-size 64 --workers 14   # on a GPU machine
+
+On a GPU the model trains in bf16 (``--precision auto``) and ``--workers`` DataLoader processes
+draw the scenes. Every 25 steps the held-out skill probes are logged (teacher-forced, 32 chats of
+the ``pretrain-val`` split, :func:`skill_probes`): ``box_exact`` (a description line's box right
+in every token), ``colour_acc`` (its shirt colour right), and whole descriptions and locate
+answers exactly right.
 
 What the referring stages then have to learn is the task itself: the plan / action / summary
 trace, which persons satisfy the question, and the answer that follows from the summary.
 
-Status (dev/LOG.md, 2026-11-23): the default budget (500 steps x 8 chats, ~25 CPU-minutes on 2
-cores) teaches the answer forms but not the skills — shirt colours at chance, the k-th box's first
-digits only — so ``make demo`` still starts from the random checkpoint. The module is kept to
-pre-train longer where compute allows.
+Status (dev/LOG.md): version 1 (descriptions without boxes, 500 steps x 8 chats, ~25 CPU-minutes)
+taught the answer forms but not the skills — shirt colours at chance, the k-th box's first digits
+only. Version 2 states the boxes; reading the region a box names (the colour) is still the wall
+(``benchmarks/region_probe.py``), so ``make demo`` still starts from the random checkpoint.
 """
 
 from __future__ import annotations
@@ -48,7 +59,7 @@ from rexthinker.prompts import answer_json, build_messages, hint_json, pixel_lim
 from rexthinker.sft.data import IGNORE, Features, collate
 from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
 
-BASE_VERSION = 1  # bump when the tasks or the training procedure change
+BASE_VERSION = 2  # bump when the tasks or the training procedure change
 MARKER = "rexthinker_base.json"
 
 
@@ -64,9 +75,14 @@ class BaseRecipe:
     weight_decay: float = 0.01
     seed: int = 0
     locate_turns: int = 3  # "Where is ..." questions per image, after the description
+    boxes: bool = True  # each description line states its hint box: "Person 2 [x0, y0, x1, y1]: ..."
+    precision: str = "auto"  # bf16 on a GPU, fp32 on CPU
+    # Execution only (not part of the cache key): DataLoader processes that draw the scenes.
+    workers: int = 0
 
     def key(self, spec_key: str) -> str:
         payload = dict(dataclasses.asdict(self), spec_key=spec_key, version=BASE_VERSION)
+        payload.pop("workers")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -74,13 +90,15 @@ class BaseRecipe:
 DESCRIBE = "Describe every person."
 
 
-def describe_line(scene: synthref.Scene, k: int) -> str:
+def describe_line(scene: synthref.Scene, k: int, box: list[int] | None = None) -> str:
+    """``Person 3 [x0, y0, x1, y1]: red shirt, ...`` (without the box when ``box`` is None)."""
     fig = scene.figures[k]
     parts = [synthref.observe(fig, kind) for kind in ("color", "tall", "hat", "flag")]
     partners = scene.hands.get(k, [])
     if partners:
         parts.append("holds hands with " + " and ".join(f"Person {p + 1}" for p in sorted(partners)))
-    return f"Person {k + 1}: " + ", ".join(parts)
+    name = f"Person {k + 1}" + (" [" + ", ".join(map(str, box)) + "]" if box is not None else "")
+    return f"{name}: " + ", ".join(parts)
 
 
 def locate_turn(rng: random.Random, n: int, boxes: list[list[int]]) -> tuple[str, str]:
@@ -103,7 +121,8 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
                        category=synthref.CATEGORY, image_size=(scene.width, scene.height))  # fmt: skip
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
     hint = f"Hint: Object and its coordinates in this image: {hint_json(synthref.CATEGORY, info.hint_boxes)}\n"
-    turns = [(hint + DESCRIBE, "\n".join(describe_line(scene, k) for k in range(scene.n)))]
+    boxes = info.hint_boxes if recipe.boxes else [None] * scene.n
+    turns = [(hint + DESCRIBE, "\n".join(describe_line(scene, k, boxes[k]) for k in range(scene.n)))]
     turns += [locate_turn(rng, scene.n, info.hint_boxes) for _ in range(recipe.locate_turns)]
     return image, turns
 
@@ -130,13 +149,39 @@ def build_features(processor, image, turns: list[tuple[str, str]]) -> Features:
     return Features(torch.cat(ids), torch.cat(labels), torch.cat(mm), enc["pixel_values"], enc["image_grid_thw"])
 
 
-# --- training --------------------------------------------------------------------------------------
-def _answer_exact(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Teacher-forced share of answers whose every token is the argmax, per task (the first
-    assistant turn of a chat describes, the others locate)."""
+# --- skill probes ----------------------------------------------------------------------------------
+def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int]]]:
+    """For each line of a description, the token indices (within ``answer + <|im_end|>`` tokenised on
+    its own, as :func:`build_features` does) of its box and of its shirt-colour word."""
+    enc = tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+
+    def tokens(a: int, b: int) -> list[int]:
+        return [j for j, (x, y) in enumerate(offsets) if x < b and y > a and y > x]
+
+    out, pos = [], 0
+    for line in answer.split("\n"):
+        head, _, rest = line.partition(": ")
+        box = tokens(pos + head.index("["), pos + len(head)) if "[" in head else []
+        colour_at = pos + len(head) + 2
+        colour = tokens(colour_at, colour_at + len(rest.split(" ")[0]))
+        out.append((box, colour))
+        pos += len(line) + 1
+    return out
+
+
+def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[tuple[list[int], list[int]]]]) -> dict[str, float]:
+    """Teacher-forced skill probes of a batch of chats (argmax at every position):
+
+    - ``box_exact``: description lines whose box ("Person k [x0, y0, x1, y1]") is right in every
+      token: the k-th hint box copied;
+    - ``colour_acc``: description lines whose shirt colour is right: the region that box names, read;
+    - ``describe_exact`` / ``locate_exact``: whole answers right (the description; "Where is ...").
+    """
     pred = logits[:, :-1].argmax(-1)
     gold = labels[:, 1:]
-    right, total = {"describe": 0, "locate": 0}, {"describe": 0, "locate": 0}
+    counts = dict.fromkeys(("box", "colour", "describe", "locate"), 0)
+    totals = dict.fromkeys(counts, 0)
     for row in range(gold.shape[0]):
         idx = (gold[row] != IGNORE).nonzero().flatten()
         if not len(idx):
@@ -144,47 +189,80 @@ def _answer_exact(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float
         spans = torch.tensor_split(idx, (torch.diff(idx) > 1).nonzero().flatten() + 1)
         for i, span in enumerate(spans):
             task = "describe" if i == 0 else "locate"
-            total[task] += 1
-            right[task] += bool((pred[row, span] == gold[row, span]).all())
-    return {task: right[task] / max(total[task], 1) for task in total}
+            totals[task] += 1
+            counts[task] += bool((pred[row, span] == gold[row, span]).all())
+        first = spans[0]
+        for box, colour in targets[row]:
+            for name, where in (("box", box), ("colour", colour)):
+                if where:
+                    totals[name] += 1
+                    at = first[torch.tensor(where)]
+                    counts[name] += bool((pred[row, at] == gold[row, at]).all())
+    names = {"box": "box_exact", "colour": "colour_acc", "describe": "describe_exact", "locate": "locate_exact"}
+    return {names[k]: counts[k] / totals[k] for k in counts if totals[k]}
+
+
+# --- training --------------------------------------------------------------------------------------
+class Chats(torch.utils.data.Dataset):
+    """Pre-training chats ``start .. start+size-1`` of ``split``, drawn on demand (in DataLoader
+    workers when there are any): features plus the probe targets of the description."""
+
+    def __init__(self, processor, recipe: BaseRecipe, split: str, start: int, size: int):
+        self.processor, self.recipe, self.split, self.start, self.size = processor, recipe, split, start, size
+        self.limits = pixel_limits(processor)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int):
+        image, turns = make_example(self.start + i, self.recipe, *self.limits, self.split)
+        return build_features(self.processor, image, turns), describe_targets(self.processor.tokenizer, turns[0][1])
+
+
+def _loader(chats: Chats, batch_size: int, workers: int, pad_id: int):
+    def collate_chats(items):
+        return collate([f for f, _ in items], pad_id), [t for _, t in items]
+
+    return torch.utils.data.DataLoader(chats, batch_size=batch_size, num_workers=workers, collate_fn=collate_chats,
+                                       persistent_workers=False, prefetch_factor=4 if workers else None)  # fmt: skip
 
 
 def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print) -> dict:
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+    from rexthinker.train import dist
+
     torch.manual_seed(recipe.seed)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
-    lo, hi = pixel_limits(processor)
     pad_id = processor.tokenizer.pad_token_id
     optim = OptimConfig(lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98), scheduler="cosine",
                         warmup_ratio=recipe.warmup_steps / recipe.steps, max_grad_norm=1.0)  # fmt: skip
-    learner = Learner(model, optim, LearnerConfig(strategy="single", precision="fp32"), recipe.steps)
+    learner = Learner(model, optim, LearnerConfig(strategy="single", precision=recipe.precision), recipe.steps)
+    device = dist.device()
 
-    def batch(start: int, size: int, split: str) -> dict:
-        feats = [build_features(processor, *make_example(i, recipe, lo, hi, split)) for i in range(start, start + size)]
-        return collate(feats, pad_id)
+    def on_device(batch: dict) -> dict:
+        return {k: v.to(device) for k, v in batch.items() if k not in ("labels", "skipped")}
 
-    held_out = batch(0, 32, "pretrain-val")
+    held_out, held_targets = next(iter(_loader(Chats(processor, recipe, "pretrain-val", 0, 32), 32, 0, pad_id)))
+    train = _loader(Chats(processor, recipe, "pretrain", 0, recipe.steps * recipe.batch_size), recipe.batch_size,
+                    recipe.workers, pad_id)  # fmt: skip
     history, start_time = [], time.perf_counter()
-    for step in range(recipe.steps):
+    for step, (data, _) in enumerate(train):
         model.train()
-        data = batch(step * recipe.batch_size, recipe.batch_size, "pretrain")
-        labels = data.pop("labels")
-        data.pop("skipped")
-        logits = learner(**data).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        labels = data["labels"].to(device)
+        logits = learner(**on_device(data)).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
         learner.backward(loss)
         stats = learner.step()
         row = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": stats["grad_norm"], "elapsed_s": time.perf_counter() - start_time}
         if (step + 1) % 25 == 0 or step + 1 == recipe.steps:
             model.eval()
             with torch.no_grad():
-                data = {k: v for k, v in held_out.items() if k not in ("labels", "skipped")}
-                exact = _answer_exact(model(**data).logits, held_out["labels"])
-            row.update({f"heldout_exact_{task}": v for task, v in exact.items()})
-            log(f"[base] step {step + 1}/{recipe.steps} loss {row['loss']:.4f} held-out exact answers: describe "
-                f"{exact['describe']:.3f}, locate {exact['locate']:.3f} ({row['elapsed_s']:.0f} s)")  # fmt: skip
+                probes = skill_probes(model(**on_device(held_out)).logits.float().cpu(), held_out["labels"], held_targets)
+            row.update({f"heldout_{k}": v for k, v in probes.items()})
+            log(f"[base] step {step + 1}/{recipe.steps} loss {row['loss']:.4f} held-out: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in probes.items()) + f" ({row['elapsed_s']:.0f} s)")  # fmt: skip
         history.append(row)
     learner.export_hf(out_dir, processor)
     (out_dir / "pretrain_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
@@ -212,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = BaseRecipe()
     for f in dataclasses.fields(BaseRecipe):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
     args = parser.parse_args(argv)
     recipe = BaseRecipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseRecipe)})
     print(get(recipe))

@@ -197,7 +197,8 @@ class SFTRun:
             gens = vllm_generate(llm, self.processor, samples, SamplingParams(temperature=0.0, max_tokens=e.max_new_tokens), **kwargs)
         result = quickeval.score(gens, e.reward)
         result["generate_s"] = time.perf_counter() - start
-        result["baselines"] = quickeval.baselines([(g.info.hint_boxes, g.info.answer_boxes) for g in gens])
+        result["baselines"] = quickeval.baselines([(g.info.hint_boxes, g.info.answer_boxes) for g in gens],
+                                                  [g.sample.domain or "unknown" for g in gens])  # fmt: skip
         (self.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         with (self.out / "eval_samples.jsonl").open("w") as f:
             for g in gens[:50]:

@@ -164,3 +164,22 @@ def test_config_is_validated_and_applied():
     only = SynthRefConfig(persons=(3, 4), domain_weights={"rejection": 1.0})
     out = generate(8, seed=1, config=only)
     assert all(s.domain == "rejection" and 3 <= len(s.candidate_boxes) <= 4 for s in out)
+
+
+def test_trace_boxes_state_the_prompt_hint_of_every_candidate_line():
+    from rexthinker.prompts import prompt_boxes
+
+    frame = (16 * 28 * 28, 128 * 28 * 28)
+    plain = generate(12, seed=2)
+    boxed = generate(12, seed=2, config=SynthRefConfig(trace_boxes=True, frame=frame))
+    line = re.compile(r"^- Person (\d+) \[(\d+), (\d+), (\d+), (\d+)\]: .* " + ARROW, re.M)
+    for a, b in zip(plain, boxed):
+        assert a.image_bytes == b.image_bytes and a.answer_boxes == b.answer_boxes  # only the trace differs
+        assert not line.search(a.think)
+        hints = prompt_boxes(b, *frame).hint_boxes
+        stated = line.findall(b.think)
+        assert len(stated) == a.think.count(ARROW)  # every candidate line carries a box
+        for k, *box in stated:
+            assert [int(v) for v in box] == hints[int(k) - 1]
+        assert summary_marks(b.think) == summary_marks(a.think)
+        assert re.sub(r" \[\d+, \d+, \d+, \d+\]:", ":", b.think) == a.think

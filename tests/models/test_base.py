@@ -25,7 +25,9 @@ def test_chat_names_every_hint_and_copies_its_boxes(processor):
     image, turns = base.make_example(3, base.BaseRecipe(spec="tiny"), lo, hi)
     hint = json.loads(turns[0][0].split("image: ", 1)[1].split("\n", 1)[0])["person"]
     lines = turns[0][1].split("\n")
-    assert [line.split(":")[0] for line in lines] == [f"Person {k + 1}" for k in range(len(hint))]
+    assert [line.split(":")[0] for line in lines] == [f"Person {k + 1} {json.dumps(box)}" for k, box in enumerate(hint)]
+    plain = base.make_example(3, base.BaseRecipe(spec="tiny", boxes=False), lo, hi)[1][0][1].split("\n")
+    assert [line.split(":")[0] for line in plain] == [f"Person {k + 1}" for k in range(len(hint))]
     for question, answer in turns[1:]:
         asked = [int(k) for k in re.findall(r"Person (\d+)", question)]
         boxes = [item["bbox_2d"] for item in json.loads(answer.removeprefix("```json\n").removesuffix("\n```"))]
@@ -69,9 +71,32 @@ def test_pretraining_changes_every_weight_and_is_cached(tmp_path, monkeypatch):
     path = base.get(recipe, log=logs.append)
     assert (path / base.MARKER).exists() and any("step 2/2" in line for line in logs)
     history = [json.loads(line) for line in (path / "pretrain_history.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in history] == [1, 2] and "heldout_exact_locate" in history[-1]
+    assert [row["step"] for row in history] == [1, 2]
+    assert {"heldout_box_exact", "heldout_colour_acc", "heldout_describe_exact", "heldout_locate_exact"} <= set(history[-1])
     before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.get("tiny")).state_dict()
     after = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).state_dict()
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert unchanged == []
     assert base.get(recipe, log=logs.append) == path and sum("pre-training" in line for line in logs) == 1
+
+
+def test_probes_score_the_box_and_colour_of_each_description_line(processor):
+    lo, hi = pixel_limits(processor)
+    image, turns = base.make_example(4, base.BaseRecipe(spec="tiny"), lo, hi)
+    f = base.build_features(processor, image, turns)
+    targets = base.describe_targets(processor.tokenizer, turns[0][1])
+    lines = turns[0][1].split("\n")
+    start = int((f.labels != IGNORE).nonzero()[0])
+    for line, (box, colour) in zip(lines, targets):
+        assert processor.tokenizer.decode(f.input_ids[start + torch.tensor(box)]).strip() == line[line.index("["): line.index("]") + 1]
+        assert processor.tokenizer.decode(f.input_ids[start + torch.tensor(colour)]).strip() == line.split(": ")[1].split(" ")[0]
+    # perfect logits: every probe 1; one wrong colour token: colour_acc drops by one line
+    labels = f.labels[None]
+    logits = torch.full((1, labels.shape[1], len(processor.tokenizer)), -10.0)
+    gold = labels[0, 1:].clamp(min=0)
+    logits[0, torch.arange(labels.shape[1] - 1), gold] = 10.0
+    assert base.skill_probes(logits, labels, [targets]) == {"box_exact": 1.0, "colour_acc": 1.0, "describe_exact": 1.0, "locate_exact": 1.0}
+    wrong = start + targets[0][1][0] - 1  # the position that predicts the first line's colour token
+    logits[0, wrong] = logits[0, wrong].roll(1)
+    probes = base.skill_probes(logits, labels, [targets])
+    assert probes["colour_acc"] == 1 - 1 / len(lines) and probes["box_exact"] == 1.0 and probes["describe_exact"] == 0.0

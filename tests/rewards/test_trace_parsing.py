@@ -40,6 +40,11 @@ SUMMARIES = {
     "star bullets, indented": (with_summary("  * Person 2: him \u2192 \u2705"), {2: OK}, {2}, ()),
     "CRLF line ends": (with_summary("- Person 1: no \u2192 \u274c\r", "- Person 2: him \u2192 \u2705\r").replace("\n", "\r\n"), {1: NO, 2: OK}, {2}, ()),
     "multi-word category": (with_summary("- Traffic light 3: red \u2192 \u2705"), {3: OK}, {3}, ()),
+    "box after the name": (
+        with_summary("- Person 1 [12, 40, 60, 200]: no \u2192 \u274c", "- Person 2 [70,41,99,201]: him \u2192 \u2705"),
+        {1: NO, 2: OK}, {2}, (),
+    ),
+    "box after a range": (with_summary("- Person 1-2 [3, 4, 5, 6]: no \u2192 \u274c"), {1: NO, 2: NO}, set(), ()),
     "prose bullets are skipped": (with_summary("- Note: nobody else is close", "- Person 2: him \u2192 \u2705"), {2: OK}, {2}, ()),
     "empty summary": (with_summary(), {}, set(), ()),
     "conflicting marks, first wins": (
@@ -134,6 +139,7 @@ def test_non_strings(value):
 LINE_PARTS = [
     "-", "*", "\u2022", " ", "\t", "Person", "Persons", "Helmet", "person\u00b2", "Traffic light", "3", "03", "0",
     "12", "1-3", "\u0663", ":", " x ", "\u2192", ".", "\u2705", "\u274c", "\u26a0", "\ufe0f", "->", "(a)", "and", ",",
+    " [12, 40, 60, 200]", "[3]", "[", "]",
 ]  # fmt: skip
 
 

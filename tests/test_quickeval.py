@@ -1,0 +1,52 @@
+"""The quick held-out evaluation: overall and per-domain rates, and the trivial baselines."""
+
+from __future__ import annotations
+
+import math
+
+from rexthinker import quickeval
+from rexthinker.data.sample import RefSample
+from rexthinker.generation import Generation
+from rexthinker.prompts import PromptInfo, answer_json
+
+HINTS = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]]
+
+
+def generation(domain: str, answer: list[list[int]], predicted: list[list[int]] | None) -> Generation:
+    sample = RefSample(id=f"{domain}-{len(answer)}", image_name="", referring="x", candidate_boxes=HINTS,
+                       answer_boxes=answer, category="person", domain=domain, image_size=(64, 64))  # fmt: skip
+    info = PromptInfo((64, 64), (64, 64), HINTS, answer, [0, 1, 2])
+    text = "no tags" if predicted is None else f"<think>t</think><answer>{answer_json(predicted, 'x')}</answer>"
+    return Generation(sample, info, "prompt", text, 5)
+
+
+def test_rates_overall_and_per_domain():
+    gens = [
+        generation("attribute", [HINTS[0]], [HINTS[0]]),  # right
+        generation("attribute", [HINTS[1]], [HINTS[2]]),  # wrong box
+        generation("position", [HINTS[2]], None),  # unreadable
+        generation("rejection", [], []),  # right rejection
+        generation("rejection", [], [HINTS[0]]),  # wrong rejection
+    ]
+    result = quickeval.score(gens)
+    assert result["samples"] == 5
+    assert math.isclose(result["format"], 4 / 5)
+    assert math.isclose(result["accuracy_f1"], 1 / 3)
+    assert math.isclose(result["rejection_acc"], 1 / 2)
+    per = result["per_domain"]
+    assert set(per) == {"attribute", "position", "rejection"}
+    assert per["attribute"] == {"samples": 2, "format": 1.0, "accuracy_f1": 0.5, "rejection_acc": per["attribute"]["rejection_acc"]}
+    assert math.isnan(per["attribute"]["rejection_acc"]) and math.isnan(per["rejection"]["accuracy_f1"])
+    assert per["position"]["format"] == 0.0 and per["position"]["accuracy_f1"] == 0.0
+    assert per["rejection"]["rejection_acc"] == 0.5
+
+
+def test_baselines_per_domain():
+    samples = [(HINTS, [HINTS[0]]), (HINTS, [HINTS[1], HINTS[2]]), (HINTS, [])]
+    out = quickeval.baselines(samples, ["attribute", "position", "rejection"])
+    every, none = out["all_boxes"], out["no_boxes"]
+    assert math.isclose(every["accuracy_f1"], (0.5 + 0.8) / 2) and every["rejection_acc"] == 0.0
+    assert none["accuracy_f1"] == 0.0 and none["rejection_acc"] == 1.0
+    assert math.isclose(every["per_domain"]["position"]["accuracy_f1"], 0.8)
+    assert none["per_domain"]["rejection"]["rejection_acc"] == 1.0
+    assert "per_domain" not in quickeval.baselines(samples)["all_boxes"]
