@@ -26,9 +26,16 @@ Components, each a float in [0, 1] and logged as ``reward/<name>``:
     verbatim copy of the hint it names, each listed once), 0 otherwise. Needs ``hint_boxes``, or
     a ``prompt`` holding the hint. Off by default: reading the summary halves the throughput, and
     the set of components then depends on the config alone, never on which keys a caller passed.
+``soft_iou`` (only with a non-zero ``soft_iou_weight``)
+    A shaped term a policy can climb before its boxes are right: positive sample, the mean over
+    the ground-truth boxes of the best IoU any answer box reaches, times ``min(1, |gt| / |pred|)``
+    so that answering every hint does not pay; rejection sample, the same as ``accuracy``. It
+    rises with every pixel a box moves toward its target, where ``accuracy`` stays 0 until a box
+    passes ``iou_threshold``. Off by default.
 ``overall``
     ``format_weight * format + accuracy_weight * accuracy + rejection_weight * rejection
-    + faithfulness_weight * faithfulness``. Defaults 0.1 / 0.9 / 0 / 0: the reference reward's
+    + faithfulness_weight * faithfulness + soft_iou_weight * soft_iou``. Defaults
+    0.1 / 0.9 / 0 / 0 / 0: the reference reward's
     mix (contracts §3) with IoU-matched F1 in place of its exact-match F1. With non-negative
     weights summing to 1, ``overall`` stays in [0, 1].
 
@@ -49,7 +56,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from rexthinker.boxes import detection_f1
+from rexthinker.boxes import box_iou, detection_f1
 from rexthinker.parsing import CHECK, parse_answer, parse_completion, parse_hint, read_summary
 
 
@@ -63,6 +70,7 @@ def compute_score(
     accuracy_weight: float = 0.9,
     rejection_weight: float = 0.0,
     faithfulness_weight: float = 0.0,
+    soft_iou_weight: float = 0.0,
     iou_threshold: float = 0.5,
     **kwargs,
 ) -> dict[str, list[float]]:
@@ -72,6 +80,7 @@ def compute_score(
         "accuracy": accuracy_weight,
         "rejection": rejection_weight,
         "faithfulness": faithfulness_weight,
+        "soft_iou": soft_iou_weight,
     }
     for name, weight in weights.items():
         if not math.isfinite(weight):
@@ -83,6 +92,8 @@ def compute_score(
         raise ValueError("faithfulness_weight is set but the batch has neither hint_boxes nor prompt")
     if not with_faithfulness:
         del weights["faithfulness"]
+    if soft_iou_weight == 0:
+        del weights["soft_iou"]
 
     out: dict[str, list[float]] = {name: [] for name in (*weights, "overall")}
     for i, completion in enumerate(completions):
@@ -107,16 +118,27 @@ def score_sample(
     parsed = parse_completion(completion)
     answer = parsed.answer
     if not answer.ok:
-        return {"format": 0.0, "accuracy": 0.0, "rejection": 0.0, "faithfulness": 0.0}
+        return {"format": 0.0, "accuracy": 0.0, "rejection": 0.0, "faithfulness": 0.0, "soft_iou": 0.0}
     pred = answer.boxes
     scores = {
         "format": 1.0 if parsed.strict_layout else 0.0,
         "accuracy": detection_f1(pred, gt, iou_threshold),
         "rejection": 1.0 if (not pred) == (not gt) else 0.0,
+        "soft_iou": soft_iou(pred, gt),
     }
     if hints is not None:
         scores["faithfulness"] = faithfulness(parsed.think, pred, hints)
     return scores
+
+
+def soft_iou(pred: list[list[float]], gt: list[list[float]]) -> float:
+    """Mean best IoU of the ground-truth boxes, discounted for extra answer boxes (see ``soft_iou``)."""
+    if not gt:
+        return 1.0 if not pred else 0.0
+    if not pred:
+        return 0.0
+    best = sum(max(box_iou(p, g) for p in pred) for g in gt) / len(gt)
+    return best * min(1.0, len(gt) / len(pred))
 
 
 def faithfulness(think: str | None, pred: list[list[float]], hints: Sequence) -> float:

@@ -124,3 +124,26 @@ def test_unreadable_ground_truth_is_a_data_error(gt, message):
 def test_bad_config(config):
     with pytest.raises(ValueError):
         referring.compute_score([completion("None")], [[]], **config)
+
+
+SOFT = {
+    "exact box": (completion(fenced(P2), PICK_2), [P2], 1.0),
+    "a box moving toward its target scores more": (completion(fenced([60, 10, 100, 40])), [P2], 1 / 3),
+    "same box, further off": (completion(fenced([60, 10, 100, 20])), [P2], 1 / 9),
+    "best of several boxes, discounted for the extra one": (completion(fenced(P1, P2)), [P2], 0.5),
+    "one of two targets": (completion(fenced(P2)), [P2, P3], 0.5),
+    "no box for a positive sample": (completion("None"), [P2], 0.0),
+    "rejection answered None": (completion("None"), [], 1.0),
+    "rejection answered with a box": (completion(fenced(P2)), [], 0.0),
+    "unreadable": ("no tags", [P2], 0.0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("text, gt, expected", SOFT.values(), ids=SOFT.keys())
+def test_soft_iou_is_an_optional_shaped_component(text, gt, expected):
+    scores = referring.compute_score([text], [gt], soft_iou_weight=0.2)
+    assert list(scores) == ["format", "accuracy", "rejection", "soft_iou", "overall"]
+    assert scores["soft_iou"] == pytest.approx([expected])
+    plain = referring.compute_score([text], [gt])
+    assert "soft_iou" not in plain
+    assert scores["overall"][0] == pytest.approx(plain["overall"][0] + 0.2 * expected)
