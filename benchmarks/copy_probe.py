@@ -34,12 +34,10 @@ Measured runs and their outcomes are in dev/LOG.md.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import time
-from pathlib import Path
 
 import torch
+from probe_loop import train_for
 
 COORD_MAX = 480  # x in [0, 480], y in [0, 300]: the demo's model frame
 
@@ -221,37 +219,17 @@ def main(argv: list[str] | None = None) -> dict:
                          num_key_value_heads=args.heads, max_position_embeddings=2048,
                          tie_word_embeddings=args.tied)  # fmt: skip
     model = Qwen2ForCausalLM(config)
-    optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     rng, held_rng = random.Random(args.seed), random.Random(10_000 + args.seed)
     held = [make_sample(held_rng, vocab, args.layout, held_rng.randint(*final), args.queries) for _ in range(128)]
     pad = vocab("<pad>")[0]
 
-    config_row = {k: v for k, v in vars(args).items() if k not in ("results", "threads", "eval_every")}
-    start, step, seen, row = time.perf_counter(), 0, 0, {}
-    while time.perf_counter() - start < args.seconds:
+    def next_batch(step: int):
         lo, hi = hints_at(step, stages)
-        rows = [make_sample(rng, vocab, args.layout, rng.randint(lo, hi), args.queries) for _ in range(args.batch)]
-        ids, mask, labels = collate(rows, pad)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optim.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        sched.step()
-        step, seen = step + 1, seen + args.batch
-        if step % args.eval_every == 0:
-            row = {"step": step, "samples": seen, "s": round(time.perf_counter() - start), "hints": f"{lo}-{hi}",
-                   "loss": round(loss.item(), 3), **evaluate(model, held, pad)}  # fmt: skip
-            print(json.dumps(row), flush=True)
-    row = {**config_row, "step": step, "samples": seen, "s": round(time.perf_counter() - start),
-           "loss": round(loss.item(), 3), **evaluate(model, held, pad)}  # fmt: skip
-    print(json.dumps(row), flush=True)
-    if args.results:
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.results, "a") as f:
-            f.write(json.dumps(row) + "\n")
-    return row
+        ids, mask, labels = collate([make_sample(rng, vocab, args.layout, rng.randint(lo, hi), args.queries)
+                                     for _ in range(args.batch)], pad)  # fmt: skip
+        return dict(input_ids=ids, attention_mask=mask, labels=labels), {"stage_hints": f"{lo}-{hi}"}
+
+    return train_for(model, args, next_batch, lambda: evaluate(model, held, pad))
 
 
 if __name__ == "__main__":

@@ -27,13 +27,11 @@ Measured runs are in dev/LOG.md.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import time
-from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from probe_loop import train_for
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 75, 225), "green": (30, 165, 55),
            "yellow": (245, 205, 15), "purple": (145, 50, 185), "orange": (255, 135, 15)}  # fmt: skip
@@ -202,34 +200,13 @@ def main(argv: list[str] | None = None) -> dict:
     font = ImageFont.load_default(size=16)
     vocab = Vocab(max(args.size))
     model = build_model(vocab, args)
-    optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     rng, held_rng = random.Random(args.seed), random.Random(10_000 + args.seed)
     held = [make_sample(held_rng, vocab, processor, args, font) for _ in range(64)]
 
-    config_row = {k: v for k, v in vars(args).items() if k not in ("results", "threads", "eval_every")}
-    start, step, row = time.perf_counter(), 0, {}
-    while time.perf_counter() - start < args.seconds:
-        batch = collate([make_sample(rng, vocab, processor, args, font) for _ in range(args.batch)], vocab)
-        loss = model(**batch).loss
-        optim.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        sched.step()
-        step += 1
-        if step % args.eval_every == 0:
-            row = {"step": step, "samples": step * args.batch, "s": round(time.perf_counter() - start),
-                   "loss": round(loss.item(), 3), **evaluate(model, held, vocab)}  # fmt: skip
-            print(json.dumps(row), flush=True)
-    row = {**config_row, "step": step, "samples": step * args.batch, "s": round(time.perf_counter() - start),
-           "loss": round(loss.item(), 3), **evaluate(model, held, vocab)}  # fmt: skip
-    print(json.dumps(row), flush=True)
-    if args.results:
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.results, "a") as f:
-            f.write(json.dumps(row) + "\n")
-    return row
+    def next_batch(step: int):
+        return collate([make_sample(rng, vocab, processor, args, font) for _ in range(args.batch)], vocab), {}
+
+    return train_for(model, args, next_batch, lambda: evaluate(model, held, vocab))
 
 
 if __name__ == "__main__":
