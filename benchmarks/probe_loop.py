@@ -1,6 +1,6 @@
 """The timed training loop the probes share (``copy_probe.py``, ``region_probe.py``): AdamW with a
 linear warm-up, gradient clipping 1.0, held-out evaluation every ``eval_every`` steps printed as a
-JSON line, and the final row (with the run's settings) appended to ``results``."""
+JSON line, and the final row (with the run's settings and the curve) appended to ``results``."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ def train_for(model, args, next_batch: Callable[[int], tuple[dict, dict]], evalu
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     config_row = {k: v for k, v in vars(args).items() if k not in ("results", "threads", "eval_every")}
-    start, step, loss, extra = time.perf_counter(), 0, torch.tensor(float("nan")), {}
+    start, step, loss, extra, history = time.perf_counter(), 0, torch.tensor(float("nan")), {}, []
 
     def report(**fields) -> dict:
         row = {**fields, "step": step, "samples": step * args.batch, "s": round(time.perf_counter() - start),
                **extra, "loss": round(loss.item(), 3), **evaluate()}  # fmt: skip
         print(json.dumps(row), flush=True)
+        history.append({k: v for k, v in row.items() if k not in fields})
         return row
 
     while time.perf_counter() - start < args.seconds:
@@ -38,6 +39,7 @@ def train_for(model, args, next_batch: Callable[[int], tuple[dict, dict]], evalu
         if step % args.eval_every == 0:
             report()
     row = report(**config_row)
+    row["history"] = history  # the curve, for plot_probes.py
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a") as f:

@@ -18,6 +18,7 @@ Example:
 Generator settings are overridden with trailing key=value pairs (JSON values), e.g.
   ... persons=[3,6] domain_weights.rejection=0.2
   ... trace_boxes=true   (each trace line states its box in the --min/--max-pixels model frame)
+  ... marks=true         (each person's hint number drawn on the torso)
 """
 
 from __future__ import annotations

@@ -90,6 +90,10 @@ class SynthRefConfig:
     # Off by default: the HumanRef-CoT layout has no boxes in its traces.
     trace_boxes: bool = False
     frame: tuple[int, int] = (TRAIN_MIN_PIXELS, TRAIN_MAX_PIXELS)
+    # Each person's hint number drawn in a white tag on the torso (set-of-mark prompting), so
+    # "Person k" can be found by its mark instead of by its coordinates. A demo-level lever for
+    # a small model (benchmarks/region_probe.py --cue mark); off by default.
+    marks: bool = False
     domain_weights: dict[str, float] = field(
         default_factory=lambda: {
             "attribute": 0.24,
@@ -226,6 +230,7 @@ def _render(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[Imag
     head_d = max(6, min(round(torso_w * 0.8), round(h * 0.13)))
     outline = max(1, round(sw / 40))
     torso_mid: dict[int, tuple[float, float, float]] = {}  # rank -> (left x, right x, y)
+    torsos: list[tuple[float, float, float, float]] = []  # hint order: (centre x, half width, top, bottom)
 
     def both(shape: str, xy, fill, ink=None, width: int = 0, label: int = 0) -> None:
         getattr(draw, shape)(xy, fill=fill, outline=ink, width=width if ink else 0)
@@ -264,6 +269,7 @@ def _render(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[Imag
             band = (flag_box[3] - flag_box[1]) / 3
             both("rectangle", [flag_box[0], flag_box[1] + band, flag_box[2], flag_box[1] + 2 * band], INK, label=label)
         torso_mid[fig.rank] = (cx - half, cx + half, (torso_top + torso_bottom) / 2)
+        torsos.append((cx, half, torso_top, torso_bottom))
 
     arm = max(4, round(sw * 0.09))  # holding hands: a thick dark bar between two torsos
     for k, partners in scene.hands.items():
@@ -282,12 +288,27 @@ def _render(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[Imag
         crown = [cx - canopy / 2, trunk_top - canopy * 0.7, cx + canopy / 2, trunk_top + canopy * 0.3]
         draw.ellipse(crown, fill=CANOPY)
 
+    if cfg.marks:
+        _draw_marks(draw, torsos)
     if cfg.noise > 0:
         noise_rng = np.random.default_rng(rng.getrandbits(64))
         pixels = np.asarray(image, dtype=np.int16)
         pixels = pixels + noise_rng.integers(-int(cfg.noise), int(cfg.noise) + 1, size=pixels.shape, dtype=np.int16)
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     return image, np.asarray(labels)
+
+
+def _draw_marks(draw: ImageDraw.ImageDraw, torsos: list[tuple[float, float, float, float]]) -> None:
+    """Each person's hint number in a white tag on the torso (set-of-mark prompting). Draws no
+    random numbers, so the rest of the sample is the same with and without marks."""
+    from PIL import ImageFont
+
+    for k, (cx, half, top, bottom) in enumerate(torsos):
+        side = max(8.0, min(2 * half * 0.65, (bottom - top) * 0.65))
+        font = ImageFont.load_default(size=max(6, round(side * 0.85)))
+        x0, y0 = cx - side / 2, (top + bottom) / 2 - side / 2
+        draw.rectangle([x0, y0, x0 + side, y0 + side], fill=(255, 255, 255))
+        draw.text((cx, y0 + side / 2), str(k + 1), fill=INK, font=font, anchor="mm")
 
 
 def label_boxes(labels: np.ndarray, n: int) -> list[list[int]]:

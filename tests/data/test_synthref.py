@@ -183,3 +183,19 @@ def test_trace_boxes_state_the_prompt_hint_of_every_candidate_line():
             assert [int(v) for v in box] == hints[int(k) - 1]
         assert summary_marks(b.think) == summary_marks(a.think)
         assert re.sub(r" \[\d+, \d+, \d+, \d+\]:", ":", b.think) == a.think
+
+
+def test_marks_draw_the_hint_numbers_inside_the_boxes_and_change_nothing_else():
+    plain = generate(6, seed=4)
+    marked = generate(6, seed=4, config=SynthRefConfig(marks=True))
+    for a, b in zip(plain, marked):
+        assert (a.referring, a.candidate_boxes, a.answer_boxes, a.think) == (b.referring, b.candidate_boxes, b.answer_boxes, b.think)
+        pa = np.asarray(Image.open(io.BytesIO(a.image_bytes)).convert("RGB")).astype(int)
+        pb = np.asarray(Image.open(io.BytesIO(b.image_bytes)).convert("RGB")).astype(int)
+        changed = np.abs(pa - pb).sum(-1) > 0
+        inside = np.zeros_like(changed)
+        for x0, y0, x1, y1 in b.candidate_boxes:
+            inside[y0:y1, x0:x1] = True
+            assert changed[y0:y1, x0:x1].any()  # every person got a tag
+        assert not (changed & ~inside).any()
+        assert (pb[changed] == 255).all(-1).mean() > 0.3  # mostly the white tags (the rest is the digits)
