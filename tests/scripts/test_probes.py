@@ -44,3 +44,18 @@ def test_probe_runs_and_appends_its_row(tmp_path, script, args, key):
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(results.read_text())
     assert row["note"] == "smoke" and row["step"] >= 1 and 0.0 <= row[key] <= 1.0
+
+
+def test_plot_reads_result_rows_and_saved_output(tmp_path):
+    import plot_probes
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"note": "a", "step": 2, "exact_answer": 0.5,
+                                "history": [{"step": 1, "exact_answer": 0.0}, {"step": 2, "exact_answer": 0.5}]}) + "\n")  # fmt: skip
+    saved = tmp_path / "b.log"
+    saved.write_text('{"step": 1, "exact_answer": 0.1}\nnoise\n{"note": "b", "step": 2, "exact_answer": 0.2}\n')
+    runs = plot_probes.read_runs([rows, saved])
+    assert [r["note"] for r in runs] == ["a", "b"]
+    assert [h["exact_answer"] for h in runs[1]["history"]] == [0.1, 0.2]
+    out = plot_probes.plot(runs, ["exact_answer"], tmp_path / "curves.png", "t")
+    assert out.stat().st_size > 1000
