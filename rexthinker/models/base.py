@@ -76,6 +76,8 @@ class BaseRecipe:
     seed: int = 0
     locate_turns: int = 3  # "Where is ..." questions per image, after the description
     boxes: bool = True  # each description line states its hint box: "Person 2 [x0, y0, x1, y1]: ..."
+    marks: bool = False  # SynthRef's set-of-mark scenes: each person's hint number drawn on the torso
+    persons: str = "3-9"  # people per scene, lo-hi (SynthRef's range by default)
     precision: str = "auto"  # bf16 on a GPU, fp32 on CPU
     # Execution only (not part of the cache key): DataLoader processes that draw the scenes.
     workers: int = 0
@@ -113,7 +115,8 @@ def locate_turn(rng: random.Random, n: int, boxes: list[list[int]]) -> tuple[str
 def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: int, split: str = "pretrain"):
     """One image with its chat: [(user text, assistant text), ...]; the first user text carries the hints."""
     rng = synthref.sample_rng(recipe.seed, split, index)
-    cfg = synthref.SynthRefConfig()
+    lo, hi = (int(v) for v in recipe.persons.split("-"))
+    cfg = synthref.SynthRefConfig(marks=recipe.marks, persons=(lo, hi))
     scene = synthref._make_scene(rng, cfg, set())
     image, labels = synthref._render(scene, rng, cfg)
     boxes = synthref.label_boxes(labels, scene.n)

@@ -100,3 +100,16 @@ def test_probes_score_the_box_and_colour_of_each_description_line(processor):
     logits[0, wrong] = logits[0, wrong].roll(1)
     probes = base.skill_probes(logits, labels, [targets])
     assert probes["colour_acc"] == 1 - 1 / len(lines) and probes["box_exact"] == 1.0 and probes["describe_exact"] == 0.0
+
+
+def test_scene_settings_reach_the_generator(processor):
+    lo, hi = pixel_limits(processor)
+    counts = set()
+    for i in range(8):
+        image, turns = base.make_example(i, base.BaseRecipe(spec="tiny", persons="3-4", marks=True), lo, hi)
+        counts.add(len(turns[0][1].split("\n")))
+        plain, _ = base.make_example(i, base.BaseRecipe(spec="tiny", persons="3-4"), lo, hi)
+        assert list(plain.getdata()) != list(image.getdata())  # the marks are drawn
+    assert counts <= {3, 4}
+    assert base.BaseRecipe(persons="3-4").key("k") != base.BaseRecipe().key("k")
+    assert base.BaseRecipe(workers=8).key("k") == base.BaseRecipe().key("k")  # execution only
