@@ -39,7 +39,7 @@ def plot(runs: list[dict], metrics: list[str], out: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(7.0, 5.2 * len(metrics)), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for run in runs:
             points = [(r["step"], r[metric]) for r in run["history"] if metric in r]
