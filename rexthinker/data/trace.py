@@ -59,9 +59,10 @@ def plural(category: str) -> str:
     return category + "s"
 
 
-def candidate_name(category: str, index: int) -> str:
-    """"Person 3" for the 0-based index 2."""
-    return f"{category[:1].upper()}{category[1:]} {index + 1}"
+def candidate_name(category: str, index: int, box: Sequence[int] | None = None) -> str:
+    """"Person 3" for the 0-based index 2; with ``box``, "Person 3 [x0, y0, x1, y1]"."""
+    name = f"{category[:1].upper()}{category[1:]} {index + 1}"
+    return name if box is None else name + " [" + ", ".join(str(int(v)) for v in box) + "]"
 
 
 def ordering(category: str, indices: Sequence[int]) -> str:
@@ -70,9 +71,7 @@ def ordering(category: str, indices: Sequence[int]) -> str:
 
 
 def _line(category: str, line: Line, hit_mark: str, boxes: Sequence[Sequence[int]] | None) -> str:
-    name = candidate_name(category, line.index)
-    if boxes is not None:
-        name += " [" + ", ".join(str(int(v)) for v in boxes[line.index]) + "]"
+    name = candidate_name(category, line.index, None if boxes is None else boxes[line.index])
     return f"- {name}: {line.text} {ARROW} {hit_mark if line.hit else CROSS}"
 
 

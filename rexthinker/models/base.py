@@ -55,6 +55,7 @@ import torch
 from rexthinker.cache import cache_root, cached_build
 from rexthinker.data import synthref
 from rexthinker.data.sample import RefSample
+from rexthinker.data.trace import candidate_name
 from rexthinker.prompts import answer_json, build_messages, hint_json, pixel_limits
 from rexthinker.sft.data import IGNORE, Features, collate
 from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
@@ -96,11 +97,9 @@ def describe_line(scene: synthref.Scene, k: int, box: list[int] | None = None) -
     """``Person 3 [x0, y0, x1, y1]: red shirt, ...`` (without the box when ``box`` is None)."""
     fig = scene.figures[k]
     parts = [synthref.observe(fig, kind) for kind in ("color", "tall", "hat", "flag")]
-    partners = scene.hands.get(k, [])
-    if partners:
-        parts.append("holds hands with " + " and ".join(f"Person {p + 1}" for p in sorted(partners)))
-    name = f"Person {k + 1}" + (" [" + ", ".join(map(str, box)) + "]" if box is not None else "")
-    return f"{name}: " + ", ".join(parts)
+    if scene.hands.get(k):
+        parts.append(synthref._hands_text(scene, k))
+    return f"{candidate_name(synthref.CATEGORY, k, box)}: " + ", ".join(parts)
 
 
 def locate_turn(rng: random.Random, n: int, boxes: list[list[int]]) -> tuple[str, str]:
@@ -119,13 +118,13 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
     cfg = synthref.SynthRefConfig(marks=recipe.marks, persons=(lo, hi))
     scene = synthref._make_scene(rng, cfg, set())
     image, labels = synthref._render(scene, rng, cfg)
-    boxes = synthref.label_boxes(labels, scene.n)
-    sample = RefSample(id=f"base-{split}-{index}", image_name="", referring="", candidate_boxes=boxes, answer_boxes=[],
+    sample = RefSample(id=f"base-{split}-{index}", image_name="", referring="", answer_boxes=[],
+                       candidate_boxes=synthref.label_boxes(labels, scene.n),
                        category=synthref.CATEGORY, image_size=(scene.width, scene.height))  # fmt: skip
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
     hint = f"Hint: Object and its coordinates in this image: {hint_json(synthref.CATEGORY, info.hint_boxes)}\n"
-    boxes = info.hint_boxes if recipe.boxes else [None] * scene.n
-    turns = [(hint + DESCRIBE, "\n".join(describe_line(scene, k, boxes[k]) for k in range(scene.n)))]
+    stated = info.hint_boxes if recipe.boxes else [None] * scene.n
+    turns = [(hint + DESCRIBE, "\n".join(describe_line(scene, k, stated[k]) for k in range(scene.n)))]
     turns += [locate_turn(rng, scene.n, info.hint_boxes) for _ in range(recipe.locate_turns)]
     return image, turns
 
@@ -227,7 +226,7 @@ def _loader(chats: Chats, batch_size: int, workers: int, pad_id: int):
         return collate([f for f, _ in items], pad_id), [t for _, t in items]
 
     return torch.utils.data.DataLoader(chats, batch_size=batch_size, num_workers=workers, collate_fn=collate_chats,
-                                       persistent_workers=False, prefetch_factor=4 if workers else None)  # fmt: skip
+                                       prefetch_factor=4 if workers else None)  # fmt: skip
 
 
 def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print) -> dict:
