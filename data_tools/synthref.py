@@ -15,7 +15,9 @@ Layout under --out:
 Example:
   python -m data_tools synthref --out data/synthref --train 8000 --val 1000 --test 1000 --seed 0
 
-Generator settings are overridden with trailing key=value pairs (JSON values), e.g.
+A named level sets several at once: --level demo (what make demo trains: small images, 2-4 people
+with their hint numbers drawn on, traces that state each candidate's box). Generator settings are
+then overridden with trailing key=value pairs (JSON values), e.g.
   ... persons=[3,6] domain_weights.rejection=0.2
   ... trace_boxes=true   (each trace line states its box in the --min/--max-pixels model frame)
   ... marks=true         (each person's hint number drawn on the torso)
@@ -38,7 +40,7 @@ from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS
 from rexthinker.data.cot_tsv import CotTsvWriter
 from rexthinker.data.grpo_parquet import GrpoParquetWriter
 from rexthinker.data.humanref import HumanRefWriter
-from rexthinker.data.synthref import DOMAINS, SynthRefConfig, iter_chunks
+from rexthinker.data.synthref import DOMAINS, LEVELS, iter_chunks, level_config
 
 HELP = "generate the SynthRef task in HumanRef, HumanRef-CoT and GRPO parquet formats"
 FORMATS = ("humanref", "cot", "parquet")
@@ -56,34 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-pixels", type=int, default=TRAIN_MIN_PIXELS, help=frame_help)
     parser.add_argument("--max-pixels", type=int, default=TRAIN_MAX_PIXELS, help=frame_help)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="generator processes")
+    parser.add_argument("--level", default="full", choices=list(LEVELS),
+                        help="named generator settings: full (default) or demo (small images, 2-4 marked people, boxes in traces)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="SynthRefConfig overrides")
-
-
-def apply_overrides(config: SynthRefConfig, overrides: list[str]) -> SynthRefConfig:
-    """A new config with ``key=value`` / ``dict_field.key=value`` overrides (values parsed as JSON)."""
-    values = dataclasses.asdict(config)
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise SystemExit(f"override {item!r} is not key=value")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        name, _, sub_key = key.partition(".")
-        if name not in fields:
-            raise SystemExit(f"unknown SynthRef setting {name!r}; settings: {', '.join(fields)}")
-        if sub_key:
-            if not isinstance(values[name], dict):
-                raise SystemExit(f"{name} is not a mapping; cannot set {key}")
-            values[name] = {**values[name], sub_key: value}
-        else:
-            values[name] = tuple(value) if isinstance(value, list) else value
-    try:
-        return SynthRefConfig(**values)
-    except (TypeError, ValueError) as exc:
-        raise SystemExit(f"bad SynthRef settings: {exc}") from None
 
 
 def _open_writers(split_dir: Path, formats: list[str], args: argparse.Namespace) -> list:
@@ -102,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise SystemExit(f"unknown formats {unknown}; choose from {','.join(FORMATS)}")
-    config = apply_overrides(SynthRefConfig(frame=(args.min_pixels, args.max_pixels)), args.overrides)
+    try:
+        config = level_config(args.level, args.overrides, frame=(args.min_pixels, args.max_pixels))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     counts = {split: getattr(args, split) for split in SPLITS}
     if any(n < 0 for n in counts.values()):
         raise SystemExit("sample counts must be >= 0")

@@ -150,6 +150,50 @@ class SynthRefConfig:
                 raise ValueError(f"domain {domain!r} has weight {weight} but none of its sub-domains has a weight")
 
 
+# Named levels: settings applied on top of the defaults. "full" is the task the data tools write by
+# default; "demo" is what a small model trained from scratch can learn on CPU (make demo): smaller
+# images (48-60 image tokens at the small model's limits instead of ~120), 2-4 people, each with its
+# hint number drawn on the torso, and traces that restate every candidate's box.
+LEVELS: dict[str, dict] = {
+    "full": {},
+    "demo": {"width": (224, 280), "height": (140, 168), "persons": (2, 4), "marks": True, "trace_boxes": True},
+}
+
+
+def level_config(level: str = "full", overrides: Sequence[str] = (), **settings) -> SynthRefConfig:
+    """The config of a named level, then keyword ``settings``, then ``key=value`` /
+    ``dict_field.key=value`` ``overrides`` (values parsed as JSON). Raises ValueError naming the
+    unknown level, setting or bad value."""
+    import dataclasses
+    import json
+
+    if level not in LEVELS:
+        raise ValueError(f"unknown SynthRef level {level!r}; choose from {', '.join(LEVELS)}")
+    values = {**dataclasses.asdict(SynthRefConfig()), **LEVELS[level], **settings}
+    fields = {f.name for f in dataclasses.fields(SynthRefConfig)}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        name, _, sub_key = key.partition(".")
+        if name not in fields:
+            raise ValueError(f"unknown SynthRef setting {name!r}; settings: {', '.join(sorted(fields))}")
+        if sub_key:
+            if not isinstance(values[name], dict):
+                raise ValueError(f"{name} is not a mapping; cannot set {key}")
+            values[name] = {**values[name], sub_key: value}
+        else:
+            values[name] = tuple(value) if isinstance(value, list) else value
+    try:
+        return SynthRefConfig(**values)
+    except TypeError as exc:
+        raise ValueError(f"bad SynthRef settings: {exc}") from None
+
+
 # --------------------------------------------------------------------------------------------------
 # Scenes
 
@@ -520,6 +564,8 @@ def _q_inner_position(scene: Scene, rng: random.Random) -> Query | None:
         title = f"Find the {side}most person" if k == 0 else f"Find the {ORDINALS[k]} person from the {side}"
         chosen = [seq[k]]
     else:
+        if n < 3:  # "the two leftmost" of two people is everyone
+            return None
         count = rng.randint(2, min(3, n - 1))
         referring = f"the {NUMBERS[count]} {side}most people"
         title = f"Take the {NUMBERS[count]} {side}most people"

@@ -60,8 +60,9 @@ from rexthinker.prompts import answer_json, build_messages, hint_json, pixel_lim
 from rexthinker.sft.data import IGNORE, Features, collate
 from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
 
-BASE_VERSION = 2  # bump when the tasks or the training procedure change
+BASE_VERSION = 3  # bump when the tasks or the training procedure change
 MARKER = "rexthinker_base.json"
+SNAPSHOT = "rexthinker_base_snapshot.json"  # a snapshot written during a build, for BaseRecipe.init
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,39 @@ class BaseRecipe:
     seed: int = 0
     locate_turns: int = 3  # "Where is ..." questions per image, after the description
     boxes: bool = True  # each description line states its hint box: "Person 2 [x0, y0, x1, y1]: ..."
-    marks: bool = False  # SynthRef's set-of-mark scenes: each person's hint number drawn on the torso
-    persons: str = "3-9"  # people per scene, lo-hi (SynthRef's range by default)
+    level: str = "full"  # SynthRef level of the scenes (synthref.LEVELS): "full", or "demo" (what make demo trains)
+    scene: str = ""  # SynthRef settings over the level, space-separated key=value: "persons=[3,5] marks=true"
     precision: str = "auto"  # bf16 on a GPU, fp32 on CPU
-    # Execution only (not part of the cache key): DataLoader processes that draw the scenes.
+    # Continue an earlier build: start from the weights in ``init`` (a base or one of its snapshots)
+    # and draw scenes from index ``start`` on, so no scene is seen twice. The optimizer starts afresh.
+    init: str = ""
+    start: int = 0
+    # Execution only (not part of the cache key): DataLoader processes that draw the scenes, and how
+    # often a snapshot of the weights is written (to <cache>/models/<name>.partial/step-N) for ``init``.
     workers: int = 0
+    save_every: int = 500
 
     def key(self, spec_key: str) -> str:
         payload = dict(dataclasses.asdict(self), spec_key=spec_key, version=BASE_VERSION)
-        payload.pop("workers")
+        for name in ("workers", "save_every"):
+            payload.pop(name)
+        if self.init:  # the weights it starts from, not where they happen to lie
+            payload["init"] = init_digest(Path(self.init))
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def scene_config(self) -> synthref.SynthRefConfig:
+        return synthref.level_config(self.level, self.scene.split())
+
+
+def init_digest(folder: Path) -> str:
+    """A content digest of the weights in ``folder``."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {folder} (BaseRecipe.init)")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 # --- the tasks -------------------------------------------------------------------------------------
@@ -114,8 +138,7 @@ def locate_turn(rng: random.Random, n: int, boxes: list[list[int]]) -> tuple[str
 def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: int, split: str = "pretrain"):
     """One image with its chat: [(user text, assistant text), ...]; the first user text carries the hints."""
     rng = synthref.sample_rng(recipe.seed, split, index)
-    lo, hi = (int(v) for v in recipe.persons.split("-"))
-    cfg = synthref.SynthRefConfig(marks=recipe.marks, persons=(lo, hi))
+    cfg = recipe.scene_config()
     scene = synthref._make_scene(rng, cfg, set())
     image, labels = synthref._render(scene, rng, cfg)
     sample = RefSample(id=f"base-{split}-{index}", image_name="", referring="", answer_boxes=[],
@@ -229,7 +252,8 @@ def _loader(chats: Chats, batch_size: int, workers: int, pad_id: int):
                                        prefetch_factor=4 if workers else None)  # fmt: skip
 
 
-def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print) -> dict:
+def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print, snapshots: Path | None = None,
+             earlier: list[dict] = ()) -> dict:  # fmt: skip
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from rexthinker.train import dist
@@ -247,7 +271,7 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print) -> d
         return {k: v.to(device) for k, v in batch.items() if k not in ("labels", "skipped")}
 
     held_out, held_targets = next(iter(_loader(Chats(processor, recipe, "pretrain-val", 0, 32), 32, 0, pad_id)))
-    train = _loader(Chats(processor, recipe, "pretrain", 0, recipe.steps * recipe.batch_size), recipe.batch_size,
+    train = _loader(Chats(processor, recipe, "pretrain", recipe.start, recipe.steps * recipe.batch_size), recipe.batch_size,
                     recipe.workers, pad_id)  # fmt: skip
     history, start_time = [], time.perf_counter()
     for step, (data, _) in enumerate(train):
@@ -266,6 +290,12 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print) -> d
             log(f"[base] step {step + 1}/{recipe.steps} loss {row['loss']:.4f} held-out: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in probes.items()) + f" ({row['elapsed_s']:.0f} s)")  # fmt: skip
         history.append(row)
+        if snapshots is not None and recipe.save_every and (step + 1) % recipe.save_every == 0 and step + 1 < recipe.steps:
+            snap = snapshots / f"step-{step + 1}"
+            learner.export_hf(snap, processor)
+            (snap / "pretrain_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+            (snap / SNAPSHOT).write_text(json.dumps({"lineage": [*earlier, _record(recipe, row)]}) + "\n")
+            log(f"[base] snapshot {snap} (continue with --init {snap} --start {recipe.start + (step + 1) * recipe.batch_size})")
     learner.export_hf(out_dir, processor)
     (out_dir / "pretrain_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     return history[-1]
@@ -277,15 +307,119 @@ def get(recipe: BaseRecipe | None = None, log=print) -> Path:
 
     recipe = recipe or BaseRecipe()
     spec = tiny.SPECS[recipe.spec]
-    source = tiny.get(recipe.spec)
+    source = Path(recipe.init) if recipe.init else tiny.get(recipe.spec)
     target = cache_root() / "models" / f"{recipe.spec}-base-{recipe.key(spec.key())}"
 
     def build(folder: Path) -> None:
-        log(f"[base] pre-training {recipe.spec} for {recipe.steps} steps x {recipe.batch_size} images (cached in {target})")
-        last = pretrain(source, folder, recipe, log)
-        (folder / MARKER).write_text(json.dumps({"recipe": dataclasses.asdict(recipe), "source": str(source), "last": last}) + "\n")
+        log(f"[base] pre-training {recipe.spec} from {source} for {recipe.steps} steps x {recipe.batch_size} images "
+            f"(cached in {target})")  # fmt: skip
+        earlier = lineage(source) if recipe.init else []
+        last = pretrain(source, folder, recipe, log, snapshots=target.with_name(target.name + ".partial"), earlier=earlier)
+        (folder / MARKER).write_text(json.dumps({"recipe": dataclasses.asdict(recipe), "source": str(source), "last": last,
+                                                 "lineage": [*earlier, _record(recipe, last)]}) + "\n")  # fmt: skip
 
     return cached_build(target, MARKER, build)
+
+
+# --- the shipped base ------------------------------------------------------------------------------
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "demo-base"  # what `make demo` starts from
+_COPIED = ("config.json", "generation_config.json", "chat_template.jinja", "processor_config.json",
+           "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", MARKER)  # fmt: skip
+
+
+def shipped() -> Path:
+    """The base committed to the repository (``models/demo-base``)."""
+    if not (SHIPPED / MARKER).exists():
+        raise FileNotFoundError(f"{SHIPPED} holds no {MARKER}; rebuild it with the command in its README.md")
+    return SHIPPED
+
+
+def lineage(folder: Path) -> list[dict]:
+    """The builds that made the weights in ``folder`` (a base or a snapshot of one), oldest first:
+    each its recipe, last logged row, steps run and wall time."""
+    for name in (MARKER, SNAPSHOT):
+        if (folder / name).exists():
+            info = json.loads((folder / name).read_text())
+            if "lineage" in info:
+                return info["lineage"]
+            # a build of version 3 before lineages were recorded: itself, from its own history
+            last = json.loads((folder / "pretrain_history.jsonl").read_text().splitlines()[-1])
+            return [_record(BaseRecipe(**info["recipe"]), last)]
+    raise FileNotFoundError(f"{folder} is neither a base build nor a snapshot of one (no {MARKER} or {SNAPSHOT})")
+
+
+def _record(recipe: BaseRecipe, row: dict) -> dict:
+    return {"recipe": dataclasses.asdict(recipe), "steps_run": row["step"], "last": row, "wall_s": round(row["elapsed_s"])}
+
+
+def command(recipe: dict) -> str:
+    """The ``python -m rexthinker.models.base`` command line of a recipe (non-default fields only)."""
+    defaults = dataclasses.asdict(BaseRecipe())
+    args = []
+    for name, value in recipe.items():
+        if name == "workers" or value == defaults.get(name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        args += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, json.dumps(value) if isinstance(value, str) and " " in value else str(value)]
+    return " ".join(["python -m rexthinker.models.base", *args])
+
+
+def ship(folder: Path, dest: Path = SHIPPED, dtype: str = "bfloat16") -> Path:
+    """Write the base in ``folder`` to ``dest`` as ``dtype`` safetensors with a model card
+    (README.md: the commands, data, steps, wall time and held-out probes of every build in its lineage)."""
+    from safetensors.torch import load_file, save_file
+
+    chain = lineage(folder)
+    dest.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in load_file(folder / "model.safetensors").items()}
+    save_file(weights, dest / "model.safetensors", metadata={"format": "pt"})
+    for name in _COPIED:
+        if (folder / name).exists():
+            (dest / name).write_bytes((folder / name).read_bytes())
+    marker = json.loads((folder / MARKER).read_text())
+    (dest / MARKER).write_text(json.dumps({**marker, "dtype": dtype}) + "\n")
+    (dest / "pretrain_history.jsonl").write_bytes((folder / "pretrain_history.jsonl").read_bytes())
+    (dest / "README.md").write_text(model_card(chain, dtype, sum(v.numel() for v in weights.values())))
+    return dest
+
+
+def model_card(chain: list[dict], dtype: str, n_params: int) -> str:
+    probes = ("heldout_box_exact", "heldout_colour_acc", "heldout_describe_exact", "heldout_locate_exact")
+    lines = [
+        "# demo-base: the small Qwen2.5-VL that `make demo` starts from",
+        "",
+        f"The `{chain[-1]['recipe']['spec']}` Qwen2.5-VL architecture of `rexthinker.models.tiny` ({n_params / 1e6:.2f} M parameters, {dtype}),",
+        "pre-trained by `rexthinker.models.base` on two generic tasks that are not the referring task:",
+        "describing every hinted person (`Person 2 [x0, y0, x1, y1]: red shirt, tall, ...`) and locating",
+        "`Person k` (its hint box as JSON). Scenes are SynthRef's, from its own `pretrain` split, so none is",
+        "shared with the SFT, GRPO or evaluation splits. It is a stand-in for a pre-trained VLM at demo",
+        "scale, built on a CPU; it is not a model of real photographs.",
+        "",
+        "## How it was built",
+        "",
+        "Each build below continues from the one before it (same scenes never drawn twice). Rebuild with",
+        "the same commands; `REXTHINKER_CACHE` decides where the builds are cached, and",
+        "`python -c \"from rexthinker.models import base; base.ship(PATH)\"` writes this folder from one.",
+        "",
+        "| # | command | seed | steps x batch | chats | wall | box exact | colour | describe exact | locate exact |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, build in enumerate(chain, 1):
+        r, last, steps = build["recipe"], build["last"], build["steps_run"]
+        stopped = steps < r["steps"]
+        cells = [f"{last[p]:.3f}" if p in last else "–" for p in probes]
+        lines.append(f"| {i} | `{command(r)}`{' (stopped at a snapshot)' if stopped else ''} | {r['seed']} | "
+                     f"{steps} x {r['batch_size']} | {steps * r['batch_size']:,} | {build['wall_s'] / 60:.0f} min | {' | '.join(cells)} |")  # fmt: skip
+    lines += [
+        "",
+        "The probes are teacher-forced on 32 held-out chats (`pretrain-val` split): `box exact` is a",
+        "description line's box right in every token (the k-th hint copied), `colour` its shirt colour",
+        "(the region that box names, read), and the other two whole answers right. The full curves are in",
+        "`pretrain_history.jsonl`; `tests/models/test_shipped_base.py` re-checks the probes on a fixed",
+        "handful of chats.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,9 +431,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=default)
         else:
             parser.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
+    parser.add_argument("--ship", type=Path, default=None, help="also write the build there with its model card")
     args = parser.parse_args(argv)
     recipe = BaseRecipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseRecipe)})
-    print(get(recipe))
+    path = get(recipe)
+    print(path)
+    if args.ship:
+        print(ship(path, args.ship))
     return 0
 
 

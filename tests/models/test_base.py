@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -80,6 +81,42 @@ def test_pretraining_changes_every_weight_and_is_cached(tmp_path, monkeypatch):
     assert base.get(recipe, log=logs.append) == path and sum("pre-training" in line for line in logs) == 1
 
 
+def test_a_build_writes_snapshots_and_continues_from_one(tmp_path, monkeypatch):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    source = tiny.get("tiny")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / source.name).symlink_to(source)
+    monkeypatch.setenv("REXTHINKER_CACHE", str(tmp_path))
+    first = base.BaseRecipe(spec="tiny", steps=3, batch_size=2, warmup_steps=1, save_every=2)
+    logs: list[str] = []
+    path = base.get(first, log=logs.append)
+    snap = path.with_name(path.name + ".partial") / "step-2"
+    assert (snap / "model.safetensors").exists() and any("--start 4" in line for line in logs)
+    assert [json.loads(r)["step"] for r in (snap / "pretrain_history.jsonl").read_text().splitlines()] == [1, 2]
+    more = base.BaseRecipe(spec="tiny", steps=1, batch_size=2, warmup_steps=1, init=str(snap), start=4)
+    assert more.key("k") != dataclasses.replace(more, init=str(path)).key("k")  # keyed by the weights
+    moved = base.get(more, log=logs.append)
+    assert any(f"from {snap}" in line for line in logs)
+    before = Qwen2_5_VLForConditionalGeneration.from_pretrained(snap).state_dict()
+    after = Qwen2_5_VLForConditionalGeneration.from_pretrained(moved).state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+
+    chain = base.lineage(moved)  # the snapshot's build (stopped at step 2), then the continuation
+    assert [(b["recipe"]["steps"], b["steps_run"]) for b in chain] == [(3, 2), (1, 1)]
+    shipped = base.ship(moved, tmp_path / "shipped")
+    card = (shipped / "README.md").read_text()
+    assert "| 1 | `python -m rexthinker.models.base --spec tiny --steps 3 --batch-size 2 --warmup-steps 1 --save-every 2`" in card
+    assert "`tiny` Qwen2.5-VL" in card and "(stopped at a snapshot) | 0 | 2 x 2 | 4 |" in card
+    assert f"--init {snap} --start 4" in card and "(stopped at a snapshot)" in card
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(shipped / "model.safetensors").values()} == {torch.bfloat16}
+    loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(shipped)  # upcast to the config's fp32
+    assert base.lineage(shipped) == chain
+    assert all(torch.equal(after[k].to(torch.bfloat16).float(), v) for k, v in loaded.state_dict().items())
+
+
 def test_probes_score_the_box_and_colour_of_each_description_line(processor):
     lo, hi = pixel_limits(processor)
     image, turns = base.make_example(4, base.BaseRecipe(spec="tiny"), lo, hi)
@@ -104,12 +141,19 @@ def test_probes_score_the_box_and_colour_of_each_description_line(processor):
 
 def test_scene_settings_reach_the_generator(processor):
     lo, hi = pixel_limits(processor)
-    counts = set()
+    counts, sizes = set(), set()
     for i in range(8):
-        image, turns = base.make_example(i, base.BaseRecipe(spec="tiny", persons="3-4", marks=True), lo, hi)
+        image, turns = base.make_example(i, base.BaseRecipe(spec="tiny", scene="persons=[3,4] marks=true"), lo, hi)
         counts.add(len(turns[0][1].split("\n")))
-        plain, _ = base.make_example(i, base.BaseRecipe(spec="tiny", persons="3-4"), lo, hi)
+        plain, _ = base.make_example(i, base.BaseRecipe(spec="tiny", scene="persons=[3,4]"), lo, hi)
         assert list(plain.getdata()) != list(image.getdata())  # the marks are drawn
+        demo, turns = base.make_example(i, base.BaseRecipe(spec="tiny", level="demo"), lo, hi)
+        sizes.add(demo.size)
+        assert 2 <= len(turns[0][1].split("\n")) <= 4
     assert counts <= {3, 4}
-    assert base.BaseRecipe(persons="3-4").key("k") != base.BaseRecipe().key("k")
-    assert base.BaseRecipe(workers=8).key("k") == base.BaseRecipe().key("k")  # execution only
+    assert all(224 <= w <= 280 and 140 <= h <= 168 for w, h in sizes)
+    assert base.BaseRecipe(scene="persons=[3,4]").key("k") != base.BaseRecipe().key("k")
+    assert base.BaseRecipe(level="demo").key("k") != base.BaseRecipe().key("k")
+    assert base.BaseRecipe(workers=8, save_every=3).key("k") == base.BaseRecipe().key("k")  # execution only
+    with pytest.raises(ValueError, match="unknown SynthRef setting 'people'"):
+        base.BaseRecipe(scene="people=3").scene_config()
