@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/reward_throughput.py --samples 5000 --repeats 1
 
 Builds completions the way a policy trained on HumanRef-CoT writes them (plan / action / summary
-trace from ``rexthinker.data.trace``, 3-9 candidates, 1-2 KB each) with a realistic mix of right,
+trace from ``rexthinker.contracts.trace``, 3-9 candidates, 1-2 KB each) with a realistic mix of right,
 slightly-off, wrong, duplicated, rejecting and truncated answers, then times each reward through
 the loader (:func:`rexthinker.rewards.load_reward`, batches of 1,024 as in a 64x16 GRPO step) and
 the parsers alone. The process is pinned to one core. Target for the default reward (its default
@@ -25,9 +25,10 @@ import statistics
 import time
 from pathlib import Path
 
-from rexthinker.data.trace import Line, Step, render_trace
-from rexthinker.parsing import parse_completion, parse_trace, read_summary
-from rexthinker.prompts import answer_json, user_text
+from rexthinker.contracts.answer import answer_json
+from rexthinker.contracts.completion import parse_completion
+from rexthinker.contracts.hint import user_text
+from rexthinker.contracts.trace import Line, Step, parse_trace, read_summary, render_trace
 from rexthinker.rewards import load_reward
 
 ROOT = Path(__file__).resolve().parents[1]

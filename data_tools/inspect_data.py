@@ -35,13 +35,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rexthinker.contracts.trace import summary_marks
 from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS
 from rexthinker.data.cot_tsv import CotTsvReader
 from rexthinker.data.errors import ErrorReport
 from rexthinker.data.grpo_parquet import iter_grpo_parquet
 from rexthinker.data.humanref import ANNOTATIONS_FILE, iter_humanref
 from rexthinker.data.sample import RefSample
-from rexthinker.data.trace import summary_marks
 
 HELP = "validate a HumanRef JSONL / HumanRef-CoT TSV / GRPO parquet file and print its statistics"
 FORMATS = ("humanref", "cot", "parquet")

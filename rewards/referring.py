@@ -57,7 +57,10 @@ import math
 from collections.abc import Sequence
 
 from rexthinker.boxes import box_iou, detection_f1
-from rexthinker.parsing import CHECK, parse_answer, parse_completion, parse_hint, read_summary
+from rexthinker.contracts.answer import parse_answer
+from rexthinker.contracts.completion import parse_completion
+from rexthinker.contracts.hint import parse_hint
+from rexthinker.contracts.trace import CHECK, read_summary
 
 
 def compute_score(

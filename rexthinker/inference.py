@@ -26,14 +26,14 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from rexthinker.contracts.completion import ParsedCompletion, parse_completion
+from rexthinker.contracts.trace import Trace, parse_trace
 from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS, to_original_frame
 from rexthinker.data.sample import RefSample, encode_png
 from rexthinker.detect.base import Detector
 from rexthinker.generation import Generation, hf_generate, vllm_generate
-from rexthinker.parsing import Completion, Trace, parse_completion, parse_trace
 from rexthinker.prompts import PromptInfo
-from rexthinker.viz import ANSWER_COLOR, HINT_COLOR, MARK_COLORS, TEXT_COLOR
-from rexthinker.viz import draw_mark, draw_marked_text, font, wrap_marked_text
+from rexthinker.viz import ANSWER_COLOR, HINT_COLOR, MARK_COLORS, TEXT_COLOR, draw_mark, draw_marked_text, font, wrap_marked_text
 
 BACKENDS = ("vllm", "hf")
 
@@ -60,7 +60,7 @@ class Result:
     answer_candidates: list[int | None]
     candidates_original: list[Box]  # in prompt order: candidates_original[k - 1] is "Person k"
     trace: Trace | None
-    completion: Completion
+    completion: ParsedCompletion
     info: PromptInfo
     raw: str
     prompt: str

@@ -1,14 +1,17 @@
-"""Prompt strings and the box-hint text (contracts §2). These strings are a model interface:
-released checkpoints were trained on them, so they are reproduced byte for byte."""
+"""The model input (contracts §2): the instruction prompt, and the one function that turns a sample
+into chat messages. The strings are a model interface: released checkpoints were trained on them, so
+they are reproduced byte for byte. The hint and answer texts are written by
+:mod:`rexthinker.contracts`."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 
 import numpy as np
 
+from rexthinker.contracts.answer import answer_json
+from rexthinker.contracts.hint import user_text
 from rexthinker.coords import model_frame_size, to_model_frame
 
 THINK_PROMPT = (
@@ -18,35 +21,6 @@ THINK_PROMPT = (
     "</answer> tags, respectively, i.e., <think> reasoning process here </think><answer> answer here "
     "</answer>."
 )
-
-# User-text variants, selectable by name.
-USER_TEMPLATES = {
-    "train": "Hint: Object and its coordinates in this image: {hint}\nPlease detect {referring} in this image.",
-    "humanref_eval": "Hint: {hint}\nLocate {referring} in the image and answer the question in json format.",
-}
-
-
-def hint_json(category: str, boxes: Sequence[Sequence[int]]) -> str:
-    """``{"<category>": [[x0, y0, x1, y1], ...]}`` with integer coordinates and json's default separators."""
-    return json.dumps({category: [[int(v) for v in box] for box in boxes]})
-
-
-def user_text(referring: str, category: str, boxes: Sequence[Sequence[int]], template: str = "train") -> str:
-    if template not in USER_TEMPLATES:
-        raise KeyError(f"unknown prompt template {template!r}; choose one of {sorted(USER_TEMPLATES)}")
-    return USER_TEMPLATES[template].format(hint=hint_json(category, boxes), referring=referring)
-
-
-def grpo_problem(referring: str, category: str, boxes: Sequence[Sequence[int]]) -> str:
-    """The ``problem`` cell of a GRPO parquet row (contracts §1.4): ``<image>`` then the training text."""
-    return "<image>" + user_text(referring, category, boxes, "train")
-
-
-def answer_json(boxes: Sequence[Sequence[int]], label: str) -> str:
-    """The fenced json answer: a list of ``{"bbox_2d": [...], "label": ...}``; ``[]`` for a rejection."""
-    items = [{"bbox_2d": [int(v) for v in box], "label": label} for box in boxes]
-    return "```json\n" + json.dumps(items) + "\n```"
-
 
 # --- samples -> chat messages ----------------------------------------------------------------------
 # One function builds the model input for SFT, GRPO, evaluation and the demo, so the prompt is

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rexthinker.contracts.answer import answer_json
 from rexthinker.coords import model_frame_size
 from rexthinker.data.sample import RefSample, encode_png
 from rexthinker.data.synthref import generate
 from rexthinker.generation import FrameMismatch, Generation, check_grid, check_image_tokens
 from rexthinker.inference import DISPLAY_SIDE, Referrer, draw_result, interpret, read_boxes_file
-from rexthinker.prompts import answer_json, prompt_boxes
+from rexthinker.prompts import prompt_boxes
 from rexthinker.viz import ANSWER_COLOR, HINT_COLOR, MARK_COLORS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from rexthinker import prompts
+from rexthinker.contracts import answer, hint
 from rexthinker.coords import model_frame_size, to_model_frame
 from rexthinker.data.sample import RefSample
 
@@ -24,7 +25,7 @@ def _sample(**kw) -> RefSample:
 
 
 def test_problem_string_is_exactly_the_released_layout():
-    problem = prompts.grpo_problem("the man in red", "person", [[1, 2, 3, 4], [5, 6, 7, 8]])
+    problem = hint.grpo_problem("the man in red", "person", [[1, 2, 3, 4], [5, 6, 7, 8]])
     assert problem == (
         '<image>Hint: Object and its coordinates in this image: {"person": [[1, 2, 3, 4], [5, 6, 7, 8]]}\n'
         "Please detect the man in red in this image."
@@ -32,13 +33,13 @@ def test_problem_string_is_exactly_the_released_layout():
 
 
 def test_eval_template_and_answer_json():
-    assert prompts.user_text("x", "person", [[1, 2, 3, 4]], "humanref_eval") == (
+    assert hint.user_text("x", "person", [[1, 2, 3, 4]], "humanref_eval") == (
         'Hint: {"person": [[1, 2, 3, 4]]}\nLocate x in the image and answer the question in json format.'
     )
-    assert prompts.answer_json([[94, 45, 445, 271]], "x") == '```json\n[{"bbox_2d": [94, 45, 445, 271], "label": "x"}]\n```'
-    assert prompts.answer_json([], "x") == "```json\n[]\n```"
+    assert answer.answer_json([[94, 45, 445, 271]], "x") == '```json\n[{"bbox_2d": [94, 45, 445, 271], "label": "x"}]\n```'
+    assert answer.answer_json([], "x") == "```json\n[]\n```"
     with pytest.raises(KeyError, match="unknown prompt template"):
-        prompts.user_text("x", "person", [], "nope")
+        hint.user_text("x", "person", [], "nope")
 
 
 def test_think_prompt_is_byte_exact():
@@ -56,7 +57,7 @@ def test_messages_carry_model_frame_hints():
     assert info.answer_boxes == [info.hint_boxes[0], info.hint_boxes[2]]  # sorted by hint position
     assert messages[0] == {"role": "system", "content": [{"type": "text", "text": prompts.THINK_PROMPT}]}
     text = messages[1]["content"][1]["text"]
-    assert text == prompts.user_text("the man in red", "person", info.hint_boxes)
+    assert text == hint.user_text("the man in red", "person", info.hint_boxes)
     assert messages[1]["content"][0]["image"].size == (640, 480)
 
 
@@ -88,7 +89,7 @@ def test_target_text_layout():
     sample = _sample()
     _, info = prompts.build_messages(sample, 3136, 50176)
     assert prompts.target_text(sample, info) == (
-        "<think>- Person 1: red → ✅</think><answer>" + prompts.answer_json(info.answer_boxes, "the man in red") + "</answer>"
+        "<think>- Person 1: red → ✅</think><answer>" + answer.answer_json(info.answer_boxes, "the man in red") + "</answer>"
     )
 
 

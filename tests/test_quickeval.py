@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 from rexthinker import quickeval
+from rexthinker.contracts.answer import answer_json
 from rexthinker.data.sample import RefSample
 from rexthinker.generation import Generation
-from rexthinker.prompts import PromptInfo, answer_json
+from rexthinker.prompts import PromptInfo
 
 HINTS = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]]
 

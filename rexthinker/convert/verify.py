@@ -35,7 +35,8 @@ def probe_image():
 
 
 def probe_text(processor) -> str:
-    from rexthinker.prompts import THINK_PROMPT, user_text
+    from rexthinker.contracts.hint import user_text
+    from rexthinker.prompts import THINK_PROMPT
 
     text = user_text("the person in red", "person", [[8, 14, 40, 80], [64, 10, 100, 80]])
     messages = [

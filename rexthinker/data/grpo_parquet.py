@@ -15,9 +15,7 @@ those limits, so :func:`read_grpo_parquet` returns the integers as stored and se
 from __future__ import annotations
 
 import io
-import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,6 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from rexthinker.contracts.answer import answer_json, parse_answer_cell
+from rexthinker.contracts.hint import grpo_problem, parse_problem
 from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS, model_frame_size, to_model_frame
 from rexthinker.data.errors import (
     PNG_SIGNATURE,
@@ -36,17 +36,9 @@ from rexthinker.data.errors import (
     checked_image_size,
 )
 from rexthinker.data.sample import RefSample, encode_png
-from rexthinker.prompts import answer_json, grpo_problem
 
 COLUMNS = ("images", "problem", "answer")
 SCHEMA = pa.schema([("images", pa.binary()), ("problem", pa.string()), ("answer", pa.string())])
-
-_PROBLEM = re.compile(
-    r"\A<image>Hint: Object and its coordinates in this image: (?P<hint>\{.*\})\n"
-    r"Please detect (?P<referring>.*) in this image\.\Z",
-    re.DOTALL,
-)
-
 
 def _rgb_png(data: bytes) -> bytes:
     """The bytes unchanged when they already are an 8-bit RGB PNG, else re-encoded as one."""
@@ -133,41 +125,6 @@ def write_grpo_parquet(
     return writer.path
 
 
-def parse_problem(problem: str) -> tuple[str, str, list[list[float]]]:
-    """``(referring, category, hint boxes)`` of a ``problem`` cell; raises ValueError."""
-    match = _PROBLEM.match(problem)
-    if match is None:
-        raise ValueError(f"problem does not follow the training template: {problem[:80]!r}")
-    hint = json.loads(match.group("hint"))
-    if not isinstance(hint, dict) or len(hint) != 1:
-        raise ValueError(f"hint must be an object with one category, got {match.group('hint')[:80]!r}")
-    (category, boxes), = hint.items()
-    return match.group("referring"), category, as_boxes(boxes, "hint")
-
-
-def parse_answer(answer: str | None) -> list[list[float]]:
-    """Boxes of an ``answer`` cell; ``None``, ``"None"``, an empty cell and ``[]`` are a rejection."""
-    if answer is None:
-        return []
-    text = answer.strip()
-    if text in ("", "None"):
-        return []
-    if text.startswith("```"):
-        first_newline = text.find("\n")
-        if first_newline < 0 or not text.endswith("```"):
-            raise ValueError(f"unterminated fenced answer: {text[:80]!r}")
-        text = text[first_newline + 1 : -3].strip()
-    items = json.loads(text)
-    if not isinstance(items, list):
-        raise ValueError(f"answer must be a JSON list, got {type(items).__name__}")
-    boxes = []
-    for k, item in enumerate(items):
-        if not isinstance(item, dict) or "bbox_2d" not in item:
-            raise ValueError(f"answer item {k} has no bbox_2d: {item!r:.80}")
-        boxes.append(item["bbox_2d"])
-    return as_boxes(boxes, "answer")
-
-
 def read_grpo_parquet(
     path: str | os.PathLike,
     on_error: str = "raise",
@@ -236,11 +193,12 @@ def _parse_row(path: Path, row: int, image, problem, answer, fail: RowErrorPolic
         return None
     try:
         referring, category, hints = parse_problem(problem)
+        hints = as_boxes(hints, "hint")
     except ValueError as exc:
         bad(str(exc), "bad_problem")
         return None
     try:
-        answers = parse_answer(answer)
+        answers = as_boxes(parse_answer_cell(answer), "answer")
     except (ValueError, TypeError, AttributeError) as exc:
         bad(f"bad answer: {exc}", "bad_answer")
         return None

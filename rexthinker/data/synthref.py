@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from rexthinker.contracts.trace import Line, Step, candidate_name, ordering, render_trace, summary_marks
 from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS, model_frame_size, to_model_frame
 from rexthinker.data.sample import RefSample
-from rexthinker.data.trace import Line, Step, candidate_name, ordering, render_trace, summary_marks
 
 PALETTE = {
     "red": (220, 30, 30),

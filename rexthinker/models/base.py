@@ -53,10 +53,12 @@ from pathlib import Path
 import torch
 
 from rexthinker.cache import cache_root, cached_build
+from rexthinker.contracts.answer import answer_json
+from rexthinker.contracts.hint import hint_json
+from rexthinker.contracts.trace import candidate_name
 from rexthinker.data import synthref
 from rexthinker.data.sample import RefSample
-from rexthinker.data.trace import candidate_name
-from rexthinker.prompts import answer_json, build_messages, hint_json, pixel_limits
+from rexthinker.prompts import build_messages, pixel_limits
 from rexthinker.sft.data import IGNORE, Features, collate
 from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
 

@@ -87,8 +87,10 @@ SPECS = {
 
 def default_corpus(num_samples: int, seed: int = 1234) -> list[str]:
     """Text the tokenizer is trained on: the prompts and answers the pipeline really produces."""
+    from rexthinker.contracts.answer import answer_json
+    from rexthinker.contracts.hint import USER_TEMPLATES, hint_json
     from rexthinker.data import synthref
-    from rexthinker.prompts import THINK_PROMPT, USER_TEMPLATES, answer_json, hint_json
+    from rexthinker.prompts import THINK_PROMPT
 
     texts = [THINK_PROMPT, *USER_TEMPLATES.values()]
     for s in synthref.generate(num_samples, seed=seed):
@@ -136,8 +138,13 @@ def qwen25vl_chat_template() -> str:
 def build(spec: TinySpec, out_dir: str | Path, corpus: Iterable[str] | None = None) -> Path:
     """Build the checkpoint for ``spec`` into ``out_dir`` (created) and return it."""
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+    )
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     out_dir = Path(out_dir)

@@ -24,7 +24,7 @@ class DataConfig:
     train: list[str] = field(default_factory=list)  # CoT TSV prefixes / *.annotations.tsv, HumanRef *.jsonl
     val: list[str] = field(default_factory=list)
     max_samples: int | None = None  # cap on training samples (after concatenation)
-    template: str = "train"  # user-text variant, see rexthinker.prompts.USER_TEMPLATES
+    template: str = "train"  # user-text variant, see rexthinker.contracts.hint.USER_TEMPLATES
     instruction: Literal["system", "user_suffix", "none"] = "system"
     max_length: int = 2048  # longer samples are skipped and counted, never truncated
     num_workers: int = 0  # DataLoader workers building features

@@ -8,10 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rexthinker.contracts.answer import answer_json
+from rexthinker.contracts.hint import grpo_problem
 from rexthinker.coords import model_frame_size, to_model_frame
 from rexthinker.data.errors import DataError, ErrorReport
 from rexthinker.data.grpo_parquet import read_grpo_parquet, write_grpo_parquet
-from rexthinker.prompts import answer_json, grpo_problem
 
 LIMITS = {"min_pixels": 16 * 28 * 28, "max_pixels": 100 * 28 * 28}  # small enough to force a resize
 

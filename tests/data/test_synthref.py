@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rexthinker.contracts.trace import ARROW, CHECK, CROSS, SUMMARY_HEADER, WARN, summary_marks
 from rexthinker.data.synthref import (
     DOMAINS,
     INK,
@@ -24,7 +25,6 @@ from rexthinker.data.synthref import (
     rle_to_mask,
     sample_rng,
 )
-from rexthinker.data.trace import ARROW, CHECK, CROSS, SUMMARY_HEADER, WARN, summary_marks
 
 
 def test_same_seed_gives_identical_samples():

@@ -9,10 +9,10 @@ import pytest
 
 from data_tools.__main__ import main
 from data_tools.inspect_data import format_inspection, inspect_file
+from rexthinker.contracts.trace import CHECK, CROSS
 from rexthinker.data.cot_tsv import write_cot_tsv
 from rexthinker.data.grpo_parquet import write_grpo_parquet
 from rexthinker.data.humanref import write_humanref
-from rexthinker.data.trace import CHECK, CROSS
 
 
 @pytest.fixture(scope="module")

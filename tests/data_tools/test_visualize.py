@@ -8,13 +8,22 @@ import pytest
 from PIL import Image, ImageDraw
 
 from data_tools.__main__ import main
+from rexthinker.contracts.trace import CHECK, CROSS, WARN
 from rexthinker.data.cot_tsv import write_cot_tsv
 from rexthinker.data.grpo_parquet import write_grpo_parquet
 from rexthinker.data.humanref import write_humanref
-from rexthinker.data.trace import CHECK, CROSS, WARN
 from rexthinker.viz import (
-    FONT_PATH, MARK_COLORS, decode_rle, draw_marked_text, draw_sample, draw_sample_with_masks, font, font_has_glyph,
-    render_trace_panel, segmentation_mask, wrap_marked_text,
+    FONT_PATH,
+    MARK_COLORS,
+    decode_rle,
+    draw_marked_text,
+    draw_sample,
+    draw_sample_with_masks,
+    font,
+    font_has_glyph,
+    render_trace_panel,
+    segmentation_mask,
+    wrap_marked_text,
 )  # fmt: skip
 
 

@@ -10,13 +10,13 @@ import time
 import pytest
 
 from evaluation.run_humanref import PredictionLog, RunConfig, main, run
+from rexthinker.contracts.answer import answer_json
+from rexthinker.contracts.completion import parse_completion
 from rexthinker.coords import model_frame_size, to_original_frame
 from rexthinker.data.humanref import read_humanref, write_humanref
 from rexthinker.data.synthref import generate
 from rexthinker.generation import Generation, render
 from rexthinker.inference import Referrer
-from rexthinker.parsing import parse_completion
-from rexthinker.prompts import answer_json
 
 ROW_KEYS = {"id", "extracted_predictions", "raw_response", "prompt"}
 # seed 3 gives all five SynthRef domains, a rejection among them, in six samples

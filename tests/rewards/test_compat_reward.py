@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rexthinker.prompts import answer_json
+from rexthinker.contracts.answer import answer_json
 from rexthinker.rewards import load_reward
 from tests.rewards.helpers import ROOT, completion, fenced, reward_module
 

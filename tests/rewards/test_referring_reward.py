@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rexthinker.prompts import answer_json, user_text
+from rexthinker.contracts.answer import answer_json
+from rexthinker.contracts.hint import user_text
 from rexthinker.rewards import load_reward
 from tests.rewards.helpers import ROOT, completion, fenced, person_trace, reward_module
 

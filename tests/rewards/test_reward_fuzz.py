@@ -16,7 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rexthinker.parsing import parse_answer, parse_completion, parse_hint, parse_trace, read_summary
+from rexthinker.contracts.answer import parse_answer
+from rexthinker.contracts.completion import parse_completion
+from rexthinker.contracts.hint import parse_hint
+from rexthinker.contracts.trace import parse_trace, read_summary
 from tests.rewards.helpers import HELMET_TRACE, completion, fenced, person_trace, reward_module
 
 referring = reward_module("rewards/referring.py")

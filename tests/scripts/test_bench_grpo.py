@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from rexthinker.contracts.answer import answer_json
 from rexthinker.data.synthref import generate
-from rexthinker.prompts import answer_json
 from tests.scripts.helpers import REPO
 
 SCRIPT = REPO / "benchmarks" / "grpo_vs_trl.py"

@@ -1,10 +1,11 @@
-"""Table tests of the answer and completion readers (rexthinker.parsing)."""
+"""Table tests of the answer and completion readers (rexthinker.contracts.answer, rexthinker.contracts.completion)."""
 
 from __future__ import annotations
 
 import pytest
 
-from rexthinker.parsing import parse_answer, parse_completion
+from rexthinker.contracts.answer import parse_answer
+from rexthinker.contracts.completion import parse_completion
 from tests.rewards.helpers import HELMET_TRACE, completion, fenced
 
 BOX = [94, 45, 445, 271]

@@ -1,225 +1,139 @@
-"""Reading model output: the ``<think>``/``<answer>`` layout, the json answer, the reasoning trace.
+"""The trace contract: chain-of-thought traces in the HumanRef-CoT layout (contracts §1.3).
 
-Three readers, one per layer of a completion (contracts §1.3 and §2):
+The writer (:func:`render_trace`) and the reader (:func:`parse_trace`, and :func:`read_summary`
+for the summary alone) live here together, with the marks both use.
 
-- :func:`parse_completion` splits ``<think>…</think><answer>…</answer>`` and reads the answer;
-- :func:`parse_answer` reads the content of an answer (or a ground-truth answer cell): a fenced or
-  bare json list of ``{"bbox_2d": [x0, y0, x1, y1], "label": ...}``, with ``None``, ``null`` and
-  ``[]`` meaning "no target";
-- :func:`parse_trace` reads the plan / action / summary trace inside ``<think>``, and
-  :func:`read_summary` its summary alone, faster.
+A trace has three parts, rendered from plain data so that a generator cannot produce an unfaithful
+one by accident:
 
-None of them raises on any string. What could not be read is said, in words, in the result's
-``problems`` list; an empty list means the text followed the layout. Tolerated variants (spaces or
-newlines around and inside tags, a fence written without backticks, ``⚠`` with or without U+FE0F,
-``->`` for ``→``) are not problems.
+- planning: "OK, the user needs us to detect <referring>. To accomplish this task, ..." and one
+  "- Step k: <title>." line per step;
+- action: per step a "# Step k: <title>" block, an optional note (an ordering such as
+  "[Person 4, Person 3, Person 1]") and one "- Person i: <observation> → ⚠|❌" line per candidate
+  the step looks at;
+- summary: "# Summarize and Re-Check answer", the re-check sentence and one
+  "- Person i: <reason> → ✅|❌" line per candidate. The ✅ lines are the answer.
 
-:func:`parse_hint` reads the box hint back out of a prompt, for rewards that are given the prompt
-but not the hint boxes.
+Optionally (``boxes=``) every candidate line states the candidate's hint box after its name,
+"- Person 3 [x0, y0, x1, y1]: red shirt → ⚠": a trace a small model can learn from, since it copies
+the hint list in order and the answer copies boxes it has just written (issue 14). The
+HumanRef-CoT layout, without boxes, stays the default.
+
+Candidates are 0-based indices here and "Person i" (1-based) in the text.
+
+The reader copes with what models write: ranges, lists and plural categories ("Persons 1-3"),
+stray prose, ``->`` for ``→`` and ``⚠`` with or without U+FE0F. It never raises; what could not be
+read is said in ``Trace.problems``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-Box = list[float]
 
 # The marks of contracts §1.3.
 WARN = "\u26a0"  # ⚠ meets the sub-goal, or is the reference entity (action steps)
 CROSS = "\u274c"  # ❌ does not
 CHECK = "\u2705"  # ✅ a target (summary)
+ARROW = "\u2192"  # →
 _VARIATION_SELECTOR = "\ufe0f"  # may follow ⚠
 _MARKS = frozenset((WARN, CROSS, CHECK))
 
 # A range such as "Person 1-100000000" is not expanded past this many candidates.
 MAX_RANGE = 1000
 
-
-# ----------------------------------------------------------------------------------------------
-# The answer
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class ParsedAnswer:
-    """The content of one ``<answer>`` (or of a ground-truth answer string).
-
-    ``ok`` is True when the content was read completely; then ``boxes`` (floats, in the order
-    written) is the whole answer and ``rejection`` says it explicitly names no target. When ``ok``
-    is False, ``boxes`` is empty and ``problems`` says why: a partly readable answer is not
-    half-trusted.
-    """
-
-    boxes: list[Box]
-    labels: list[str | None]
-    rejection: bool
-    ok: bool
-    problems: list[str] = field(default_factory=list)
-
-
-_REJECTION_WORDS = frozenset(("none", "null", "[]"))
-
-
-def _unreadable(reason: str) -> ParsedAnswer:
-    return ParsedAnswer([], [], False, False, [reason])
-
-
-def parse_answer(content: str) -> ParsedAnswer:
-    """Read an answer: optional ```` ```json ```` fence, then ``None``/``null``/``[]`` or a json list of
-    objects carrying ``bbox_2d`` (a single object is read as a list of one)."""
-    if not isinstance(content, str):
-        return _unreadable(f"answer is a {type(content).__name__}, not a string")
-    text = content.strip()
-    if text.startswith("```"):
-        if len(text) < 6 or not text.endswith("```"):
-            return _unreadable("``` fence is not closed, or text follows it")
-        text = text[3:-3].strip()
-        if text[:4].lower() == "json":
-            text = text[4:].strip()
-    elif text[:4].lower() == "json" and text[4:5].isspace():
-        text = text[4:].strip()  # the fence's "json" tag survived but the backticks did not
-    if not text:
-        return _unreadable("empty answer")
-    if text.lower() in _REJECTION_WORDS:
-        return ParsedAnswer([], [], True, True)
-    try:
-        data = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError, and ints longer than Python's digit limit
-        return _unreadable(f"answer is not valid json: {str(exc)[:80]}")
-    except RecursionError:
-        return _unreadable("answer is not valid json: nested too deeply")
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        return _unreadable(f"answer json is a {type(data).__name__}, expected a list of objects")
-    boxes: list[Box] = []
-    labels: list[str | None] = []
-    for k, item in enumerate(data):
-        if not isinstance(item, dict) or "bbox_2d" not in item:
-            return _unreadable(f"answer item {k} is not an object with a bbox_2d")
-        box = _read_box(item["bbox_2d"])
-        if box is None:
-            return _unreadable(f"answer item {k}: bbox_2d is not four finite numbers")
-        boxes.append(box)
-        label = item.get("label")
-        labels.append(label if isinstance(label, str) else None)
-    return ParsedAnswer(boxes, labels, not boxes, True)
-
-
-def _read_box(value: object) -> Box | None:
-    if not isinstance(value, list) or len(value) != 4:
-        return None
-    box = []
-    for v in value:
-        if type(v) is not int and type(v) is not float:  # bool is an int subclass: refuse it
-            return None
-        try:
-            f = float(v)
-        except OverflowError:
-            return None
-        if not math.isfinite(f):
-            return None
-        box.append(f)
-    return box
+SUMMARY_HEADER = "# Summarize and Re-Check answer"
 
 
 # ----------------------------------------------------------------------------------------------
-# The completion
+# The writer
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Completion:
-    """A completion split into its blocks.
+@dataclass
+class Line:
+    """One candidate line: ``index`` is the 0-based hint index, ``hit`` picks the mark."""
 
-    ``think`` and ``answer_text`` are the raw block contents (None when the block is missing or
-    not closed). ``strict_layout`` is True when the text is exactly one non-blank think block
-    followed by one answer block, with nothing but whitespace around or between them.
-    ``problems`` holds the layout's problems followed by the answer's.
-    """
-
-    think: str | None
-    answer_text: str | None
-    answer: ParsedAnswer
-    strict_layout: bool
-    problems: list[str]
-
-    @property
-    def boxes(self) -> list[Box]:
-        return self.answer.boxes
+    index: int
+    text: str
+    hit: bool
 
 
-_TAG = re.compile(r"<[ \t\n]*(/?)[ \t\n]*(think|answer)[ \t\n]*>")
-_STRICT_TAGS = [("", "think"), ("/", "think"), ("", "answer"), ("/", "answer")]
-_LAYOUT_PROBLEM = "text or extra tags outside the <think>…</think><answer>…</answer> layout, or a blank think"
+@dataclass
+class Step:
+    title: str
+    lines: list[Line] = field(default_factory=list)
+    note: str | None = None  # prose before the candidate lines, e.g. a left-to-right ordering
 
 
-def parse_completion(text: str) -> Completion:
-    """Split ``<think>…</think><answer>…</answer>`` and read the answer.
-
-    The think block runs from the first ``<think>`` to the next ``</think>``; a ``</think>`` with
-    no opening tag (a chat template that opened it in the prompt) still ends a think block, as a
-    problem. The answer is the first ``<answer>…</answer>`` after the think block. Boxes are only
-    ever read from the answer block, never from the reasoning.
-    """
-    if not isinstance(text, str):
-        missing = _unreadable("no <answer> block")
-        return Completion(None, None, missing, False, [f"completion is a {type(text).__name__}, not a string"])
-    # (slash, tag name, start, end) of every tag, e.g. ("/", "think", 812, 820)
-    tags = [(*m.groups(), *m.span()) for m in _TAG.finditer(text)]
-    if [t[:2] for t in tags] == _STRICT_TAGS:  # the usual case, read directly
-        think = text[tags[0][3] : tags[1][2]]
-        answer_text = text[tags[2][3] : tags[3][2]]
-        answer = parse_answer(answer_text)
-        strict = (
-            _blank(text[: tags[0][2]])
-            and _blank(text[tags[1][3] : tags[2][2]])
-            and _blank(text[tags[3][3] :])
-            and not _blank(think)
-        )
-        problems = [] if strict else [_LAYOUT_PROBLEM]
-        problems.extend(answer.problems)
-        return Completion(think, answer_text, answer, strict, problems)
-
-    problems = []
-    think = None
-    think_end = 0
-    opening = next((t for t in tags if t[:2] == ("", "think")), None)
-    closing = next((t for t in tags if t[:2] == ("/", "think") and (opening is None or t[2] >= opening[3])), None)
-    if closing is None:
-        problems.append("no </think>" if opening else "no <think> block")
-    else:
-        if opening is None:
-            problems.append("</think> without an opening <think>")
-        think = text[opening[3] if opening else 0 : closing[2]]
-        think_end = closing[3]
-
-    answer_text = None
-    opening = next((t for t in tags if t[:2] == ("", "answer") and t[2] >= think_end), None)
-    if opening is None:
-        answer = _unreadable("no <answer> block")
-    else:
-        closing = next((t for t in tags if t[:2] == ("/", "answer") and t[2] >= opening[3]), None)
-        if closing is None:
-            answer = _unreadable("<answer> is not closed")
-        else:
-            answer_text = text[opening[3] : closing[2]]
-            answer = parse_answer(answer_text)
-    if think is not None and answer_text is not None:
-        problems.append(_LAYOUT_PROBLEM)
-    problems.extend(answer.problems)
-    return Completion(think, answer_text, answer, False, problems)
+def plural(category: str) -> str:
+    """Plural of a category name, as a trace writes it ("person" -> "people", "car" -> "cars")."""
+    irregular = {"person": "people", "man": "men", "woman": "women", "child": "children"}
+    if category in irregular:
+        return irregular[category]
+    if category.endswith(("s", "x", "ch", "sh")):
+        return category + "es"
+    return category + "s"
 
 
-def _blank(text: str) -> bool:
-    return not text or text.isspace()
+def candidate_name(category: str, index: int, box: Sequence[int] | None = None) -> str:
+    """"Person 3" for the 0-based index 2; with ``box``, "Person 3 [x0, y0, x1, y1]"."""
+    name = f"{category[:1].upper()}{category[1:]} {index + 1}"
+    return name if box is None else name + " [" + ", ".join(str(int(v)) for v in box) + "]"
+
+
+def ordering(category: str, indices: Sequence[int]) -> str:
+    """``[Person 4, Person 3, Person 1]``."""
+    return "[" + ", ".join(candidate_name(category, i) for i in indices) + "]"
+
+
+def _line(category: str, line: Line, hit_mark: str, boxes: Sequence[Sequence[int]] | None) -> str:
+    name = candidate_name(category, line.index, None if boxes is None else boxes[line.index])
+    return f"- {name}: {line.text} {ARROW} {hit_mark if line.hit else CROSS}"
+
+
+def render_trace(
+    referring: str,
+    category: str,
+    steps: Sequence[Step],
+    summary: Sequence[Line],
+    boxes: Sequence[Sequence[int]] | None = None,
+) -> str:
+    """The whole ``think`` text (without ``<think>`` tags). With ``boxes`` (the hint boxes in the
+    model frame, in hint order) each candidate line carries its box after the name."""
+    if not steps:
+        raise ValueError("a trace needs at least one step")
+    n_targets = sum(line.hit for line in summary)
+    parts = [
+        f"OK, the user needs us to detect {referring}. To accomplish this task, I need to break it down "
+        "into the following steps:\n" + "\n".join(f"- Step {k}: {s.title}." for k, s in enumerate(steps, 1))
+    ]
+    for k, step in enumerate(steps, 1):
+        block = [f"# Step {k}: {step.title}"]
+        if step.note:
+            block.append(step.note)
+        block.extend(_line(category, line, WARN, boxes) for line in step.lines)
+        if not step.lines and not step.note:
+            block.append(f"No {category} is left to check.")
+        parts.append("\n".join(block))
+    target_word = plural(category) if n_targets > 1 else category
+    recheck = f"Let's now recheck our answer and put {CHECK} for the target {target_word} and {CROSS} for others"
+    parts.append("\n".join([SUMMARY_HEADER, recheck] + [_line(category, line, CHECK, boxes) for line in summary]))
+    return "\n\n".join(parts)
+
+
+def summary_marks(think: str) -> dict[int, bool]:
+    """``{0-based index: is ✅}`` of the summary of a trace :func:`render_trace` wrote (the
+    generator's self-check), read by :func:`read_summary`; raises ValueError when there is none."""
+    marks = read_summary(think)
+    if marks is None:
+        raise ValueError("trace has no summary section")
+    return {k - 1: mark == CHECK for k, mark in marks.items()}
 
 
 # ----------------------------------------------------------------------------------------------
-# The trace
+# The reader
 # ----------------------------------------------------------------------------------------------
 
 
@@ -456,29 +370,3 @@ def _read_refs(head: str) -> tuple[str, list[int]] | None:
         return None
     return word, list(dict.fromkeys(numbers))
 
-
-# ----------------------------------------------------------------------------------------------
-# The hint
-# ----------------------------------------------------------------------------------------------
-
-_HINT = re.compile(r'\{[ \t]*"([^"\n]{1,64})"[ \t]*:[ \t]*(\[[\d\s,.\-\[\]]*\])[ \t]*\}')
-
-
-def parse_hint(prompt: str) -> tuple[str, list[Box]] | None:
-    """``(category, boxes)`` of the first ``{"<category>": [[x0, y0, x1, y1], ...]}`` in a prompt, or
-    None when the prompt carries no readable hint."""
-    if not isinstance(prompt, str):
-        return None
-    m = _HINT.search(prompt)
-    if m is None:
-        return None
-    try:
-        data = json.loads(m.group(2))
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(data, list):
-        return None
-    boxes = [_read_box(b) for b in data]
-    if any(b is None for b in boxes):
-        return None
-    return m.group(1), boxes

@@ -1,4 +1,4 @@
-"""Table tests of the trace reader (rexthinker.parsing.parse_trace / read_summary)."""
+"""Table tests of the trace reader (rexthinker.contracts.trace.parse_trace / read_summary)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rexthinker import parsing
-from rexthinker.parsing import CHECK, CROSS, WARN, parse_trace, read_summary
+from rexthinker.contracts import trace as parsing
+from rexthinker.contracts.trace import CHECK, CROSS, WARN, parse_trace, read_summary
 from tests.rewards.helpers import HELMET_TRACE, person_trace
 
 OK, NO, W = CHECK, CROSS, WARN
