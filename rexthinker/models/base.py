@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import random
 import time
@@ -83,6 +84,12 @@ class BaseRecipe:
     level: str = "full"  # SynthRef level of the scenes (synthref.LEVELS): "full", or "demo" (what make demo trains)
     scene: str = ""  # SynthRef settings over the level, space-separated key=value: "persons=[3,5] marks=true"
     precision: str = "auto"  # bf16 on a GPU, fp32 on CPU
+    # A text-only warm-up before the image chats: ``copy_steps`` steps of ``copy_batch_size`` chats
+    # that list every hint with its box and answer "Where is Person k?" (no image, so ~8x cheaper
+    # a chat): the in-order copy forms there first (benchmarks/copy_probe.py), then ``steps`` steps
+    # of image chats add the region reading. 0 = no warm-up.
+    copy_steps: int = 0
+    copy_batch_size: int = 32
     # Continue an earlier build: start from the weights in ``init`` (a base or one of its snapshots)
     # and draw scenes from index ``start`` on, so no scene is seen twice. The optimizer starts afresh.
     init: str = ""
@@ -117,6 +124,7 @@ def init_digest(folder: Path) -> str:
 
 # --- the tasks -------------------------------------------------------------------------------------
 DESCRIBE = "Describe every person."
+LIST = "List every person with its box."
 
 
 def describe_line(scene: synthref.Scene, k: int, box: list[int] | None = None) -> str:
@@ -137,8 +145,10 @@ def locate_turn(rng: random.Random, n: int, boxes: list[list[int]]) -> tuple[str
     return question, answer_json([boxes[k] for k in picked], label)
 
 
-def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: int, split: str = "pretrain"):
-    """One image with its chat: [(user text, assistant text), ...]; the first user text carries the hints."""
+def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: int, split: str = "pretrain", copy: bool = False):
+    """One image with its chat: [(user text, assistant text), ...]; the first user text carries the
+    hints. ``copy``: the text-only warm-up chat (list the hints with their boxes, then locate), whose
+    image is not shown to the model."""
     rng = synthref.sample_rng(recipe.seed, split, index)
     cfg = recipe.scene_config()
     scene = synthref._make_scene(rng, cfg, set())
@@ -148,8 +158,11 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
                        category=synthref.CATEGORY, image_size=(scene.width, scene.height))  # fmt: skip
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
     hint = f"Hint: Object and its coordinates in this image: {hint_json(synthref.CATEGORY, info.hint_boxes)}\n"
-    stated = info.hint_boxes if recipe.boxes else [None] * scene.n
-    turns = [(hint + DESCRIBE, "\n".join(describe_line(scene, k, stated[k]) for k in range(scene.n)))]
+    if copy:
+        turns = [(hint + LIST, "\n".join(candidate_name(synthref.CATEGORY, k, info.hint_boxes[k]) for k in range(scene.n)))]
+    else:
+        stated = info.hint_boxes if recipe.boxes else [None] * scene.n
+        turns = [(hint + DESCRIBE, "\n".join(describe_line(scene, k, stated[k]) for k in range(scene.n)))]
     turns += [locate_turn(rng, scene.n, info.hint_boxes) for _ in range(recipe.locate_turns)]
     return image, turns
 
@@ -157,9 +170,14 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
 def build_features(processor, image, turns: list[tuple[str, str]]) -> Features:
     """Token features of a multi-turn chat; labels cover every assistant turn and its ``<|im_end|>``."""
     tok = processor.tokenizer
+    vision = "" if image is None else "<|vision_start|><|image_pad|><|vision_end|>"
     first = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-             f"<|vision_start|><|image_pad|><|vision_end|>{turns[0][0]}<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
-    enc = processor(text=[first], images=[image], return_tensors="pt")
+             f"{vision}{turns[0][0]}<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
+    if image is None:  # text only: no pixels, every token a text token
+        ids = tok(first, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        enc = {"input_ids": ids, "mm_token_type_ids": torch.zeros_like(ids), "pixel_values": None, "image_grid_thw": None}
+    else:
+        enc = processor(text=[first], images=[image], return_tensors="pt")
     ids, labels, mm = [enc["input_ids"][0]], [torch.full_like(enc["input_ids"][0], IGNORE)], [enc["mm_token_type_ids"][0]]
 
     def add(text: str, train: bool) -> None:
@@ -234,21 +252,27 @@ class Chats(torch.utils.data.Dataset):
     """Pre-training chats ``start .. start+size-1`` of ``split``, drawn on demand (in DataLoader
     workers when there are any): features plus the probe targets of the description."""
 
-    def __init__(self, processor, recipe: BaseRecipe, split: str, start: int, size: int):
+    def __init__(self, processor, recipe: BaseRecipe, split: str, start: int, size: int, copy: bool = False):
         self.processor, self.recipe, self.split, self.start, self.size = processor, recipe, split, start, size
-        self.limits = pixel_limits(processor)
+        self.limits, self.copy = pixel_limits(processor), copy
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, i: int):
-        image, turns = make_example(self.start + i, self.recipe, *self.limits, self.split)
-        return build_features(self.processor, image, turns), describe_targets(self.processor.tokenizer, turns[0][1])
+        image, turns = make_example(self.start + i, self.recipe, *self.limits, self.split, copy=self.copy)
+        features = build_features(self.processor, None if self.copy else image, turns)
+        return features, describe_targets(self.processor.tokenizer, turns[0][1])
 
 
 def _loader(chats: Chats, batch_size: int, workers: int, pad_id: int):
     def collate_chats(items):
-        return collate([f for f, _ in items], pad_id), [t for _, t in items]
+        features = [f for f, _ in items]
+        if features[0].pixel_values is None:  # text-only chats
+            empty = dict(pixel_values=torch.zeros(0, 1), image_grid_thw=torch.zeros(0, 3, dtype=torch.long))
+            batch = collate([dataclasses.replace(f, **empty) for f in features], pad_id)
+            return {k: v for k, v in batch.items() if k not in empty}, [t for _, t in items]
+        return collate(features, pad_id), [t for _, t in items]
 
     return torch.utils.data.DataLoader(chats, batch_size=batch_size, num_workers=workers, collate_fn=collate_chats,
                                        prefetch_factor=4 if workers else None)  # fmt: skip
@@ -265,8 +289,9 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print, snap
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     pad_id = processor.tokenizer.pad_token_id
     optim = OptimConfig(lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98), scheduler="cosine",
-                        warmup_ratio=recipe.warmup_steps / recipe.steps, max_grad_norm=1.0)  # fmt: skip
-    learner = Learner(model, optim, LearnerConfig(strategy="single", precision=recipe.precision), recipe.steps)
+                        warmup_ratio=recipe.warmup_steps / (recipe.copy_steps + recipe.steps), max_grad_norm=1.0)  # fmt: skip
+    total = recipe.copy_steps + recipe.steps
+    learner = Learner(model, optim, LearnerConfig(strategy="single", precision=recipe.precision), total)
     device = dist.device()
 
     def on_device(batch: dict) -> dict:
@@ -275,8 +300,10 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print, snap
     held_out, held_targets = next(iter(_loader(Chats(processor, recipe, "pretrain-val", 0, 32), 32, 0, pad_id)))
     train = _loader(Chats(processor, recipe, "pretrain", recipe.start, recipe.steps * recipe.batch_size), recipe.batch_size,
                     recipe.workers, pad_id)  # fmt: skip
+    copy = _loader(Chats(processor, recipe, "pretrain-copy", recipe.start, recipe.copy_steps * recipe.copy_batch_size, copy=True),
+                   recipe.copy_batch_size, recipe.workers, pad_id)  # fmt: skip
     history, start_time = [], time.perf_counter()
-    for step, (data, _) in enumerate(train):
+    for step, (data, _) in enumerate(itertools.chain(copy if recipe.copy_steps else [], train)):
         model.train()
         labels = data["labels"].to(device)
         logits = learner(**on_device(data)).logits
@@ -284,20 +311,20 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print, snap
         learner.backward(loss)
         stats = learner.step()
         row = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": stats["grad_norm"], "elapsed_s": time.perf_counter() - start_time}
-        if (step + 1) % 25 == 0 or step + 1 == recipe.steps:
+        if (step + 1) % 25 == 0 or step + 1 == total:
             model.eval()
             with torch.no_grad():
                 probes = skill_probes(model(**on_device(held_out)).logits.float().cpu(), held_out["labels"], held_targets)
             row.update({f"heldout_{k}": v for k, v in probes.items()})
-            log(f"[base] step {step + 1}/{recipe.steps} loss {row['loss']:.4f} held-out: "
+            log(f"[base] step {step + 1}/{total} loss {row['loss']:.4f} held-out: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in probes.items()) + f" ({row['elapsed_s']:.0f} s)")  # fmt: skip
         history.append(row)
-        if snapshots is not None and recipe.save_every and (step + 1) % recipe.save_every == 0 and step + 1 < recipe.steps:
+        if snapshots is not None and recipe.save_every and (step + 1) % recipe.save_every == 0 and step + 1 < total:
             snap = snapshots / f"step-{step + 1}"
             learner.export_hf(snap, processor)
             (snap / "pretrain_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
             (snap / SNAPSHOT).write_text(json.dumps({"lineage": [*earlier, _record(recipe, row)]}) + "\n")
-            log(f"[base] snapshot {snap} (continue with --init {snap} --start {recipe.start + (step + 1) * recipe.batch_size})")
+            log(f"[base] snapshot {snap} (continue with --init {snap} --start {recipe.start + max(0, step + 1 - recipe.copy_steps) * recipe.batch_size})")
     learner.export_hf(out_dir, processor)
     (out_dir / "pretrain_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     return history[-1]
@@ -313,7 +340,8 @@ def get(recipe: BaseRecipe | None = None, log=print) -> Path:
     target = cache_root() / "models" / f"{recipe.spec}-base-{recipe.key(spec.key())}"
 
     def build(folder: Path) -> None:
-        log(f"[base] pre-training {recipe.spec} from {source} for {recipe.steps} steps x {recipe.batch_size} images "
+        log(f"[base] pre-training {recipe.spec} from {source} for {recipe.copy_steps} text-only steps x {recipe.copy_batch_size} "
+            f"and {recipe.steps} steps x {recipe.batch_size} images "
             f"(cached in {target})")  # fmt: skip
         earlier = lineage(source) if recipe.init else []
         last = pretrain(source, folder, recipe, log, snapshots=target.with_name(target.name + ".partial"), earlier=earlier)
@@ -407,11 +435,15 @@ def model_card(chain: list[dict], dtype: str, n_params: int) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, build in enumerate(chain, 1):
-        r, last, steps = build["recipe"], build["last"], build["steps_run"]
-        stopped = steps < r["steps"]
+        r, last, run = build["recipe"], build["last"], build["steps_run"]
+        copy_steps = min(run, r.get("copy_steps", 0))
+        steps = run - copy_steps
+        stopped = run < copy_steps + r["steps"] or copy_steps < r.get("copy_steps", 0)
+        shape = f"{steps} x {r['batch_size']}" + (f" (after {copy_steps} x {r['copy_batch_size']} text-only)" if copy_steps else "")
+        chats = f"{steps * r['batch_size']:,}" + (f" + {copy_steps * r['copy_batch_size']:,}" if copy_steps else "")
         cells = [f"{last[p]:.3f}" if p in last else "–" for p in probes]
         lines.append(f"| {i} | `{command(r)}`{' (stopped at a snapshot)' if stopped else ''} | {r['seed']} | "
-                     f"{steps} x {r['batch_size']} | {steps * r['batch_size']:,} | {build['wall_s'] / 60:.0f} min | {' | '.join(cells)} |")  # fmt: skip
+                     f"{shape} | {chats} | {build['wall_s'] / 60:.0f} min | {' | '.join(cells)} |")  # fmt: skip
     lines += [
         "",
         "The probes are teacher-forced on 32 held-out chats (`pretrain-val` split): `box exact` is a",

@@ -157,3 +157,32 @@ def test_scene_settings_reach_the_generator(processor):
     assert base.BaseRecipe(workers=8, save_every=3).key("k") == base.BaseRecipe().key("k")  # execution only
     with pytest.raises(ValueError, match="unknown SynthRef setting 'people'"):
         base.BaseRecipe(scene="people=3").scene_config()
+
+
+def test_copy_warm_up_chats_are_text_only_lists_of_the_hints(processor):
+    lo, hi = pixel_limits(processor)
+    recipe = base.BaseRecipe(spec="tiny", level="demo")
+    _, turns = base.make_example(5, recipe, lo, hi, "pretrain-copy", copy=True)
+    hint = json.loads(turns[0][0].split("image: ", 1)[1].split("\n", 1)[0])["person"]
+    assert turns[0][0].endswith(base.LIST)
+    assert turns[0][1].split("\n") == [f"Person {k + 1} {json.dumps(box)}" for k, box in enumerate(hint)]
+    batch, targets = next(iter(base._loader(base.Chats(processor, recipe, "pretrain-copy", 0, 3, copy=True), 3, 0, 0)))
+    assert "pixel_values" not in batch and not (batch["mm_token_type_ids"] == 1).any()
+    assert image_pad_free(processor, batch["input_ids"]) and all(t and all(box for box, _ in t) for t in targets)
+
+
+def image_pad_free(processor, ids) -> bool:
+    return not (ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).any()
+
+
+def test_a_build_with_a_copy_warm_up_runs_both_phases(tmp_path, monkeypatch):
+    source = tiny.get("tiny")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / source.name).symlink_to(source)
+    monkeypatch.setenv("REXTHINKER_CACHE", str(tmp_path))
+    recipe = base.BaseRecipe(spec="tiny", level="demo", copy_steps=2, copy_batch_size=3, steps=1, batch_size=2, warmup_steps=1)
+    logs: list[str] = []
+    path = base.get(recipe, log=logs.append)
+    assert any("2 text-only steps x 3 and 1 steps x 2 images" in line for line in logs) and any("step 3/3" in line for line in logs)
+    assert [json.loads(r)["step"] for r in (path / "pretrain_history.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert "1 x 2 (after 2 x 3 text-only) | 2 + 6 |" in base.model_card(base.lineage(path), "bfloat16", 1)
