@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from evaluation.metric import REFERENCE_THRESHOLDS, REJECTION, bucket_of, decode_mask
+from evaluation.metric import REFERENCE_THRESHOLDS, REJECTION, bucket_of
+from rexthinker.rle import decode as decode_mask
 
 
 def iou(a, b) -> float:
@@ -100,7 +101,7 @@ def reference_loop_summary(gt_rows: Iterable[Mapping], pred_rows: Iterable[Mappi
         gt_boxes = row["answer_boxes"]
         persons = len(row["candidate_boxes"])
         if is_point:
-            masks = [decode_mask(rle) for rle in row["answer_segmentations"]]
+            masks = [decode_mask(rle, exact=False) for rle in row["answer_segmentations"]]
             r, p = point_recall_precision(gt_boxes, masks, pred)
             values = (r, p, density_f1(p, r, len(gt_boxes), len(pred), persons))
         else:

@@ -62,6 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rexthinker import rle as rle_codec
 from rexthinker.data.errors import RowError
 
 MODES = ("reference", "corrected")
@@ -322,63 +323,6 @@ def load_ground_truth(path: str | os.PathLike) -> GroundTruth:
 # COCO run-length masks
 
 
-def rle_counts(rle: Mapping) -> np.ndarray:
-    """Run lengths of a COCO RLE dict, compressed string or uncompressed list ``counts`` alike.
-
-    Runs are column-major and alternate background / foreground, starting with background.
-    """
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        return _decode_count_strings([counts.encode("ascii") if isinstance(counts, str) else counts])[0]
-    values = np.asarray(counts, dtype=np.int64)
-    if values.ndim != 1 or (values < 0).any():
-        raise ValueError("RLE counts must be a flat list of non-negative integers")
-    return values
-
-
-def _decode_count_strings(texts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """Run lengths of many COCO compact RLE strings at once: the runs of all strings end to end, and
-    how many each string holds.
-
-    The format: each count in 5-bit groups, least significant first, written as characters
-    ``48 + group``; bit 0x20 says another group follows and bit 0x10 of the last group is the sign.
-    From the fourth count on, a string stores the difference from the count two places back.
-    """
-    lengths = np.array([len(t) for t in texts], dtype=np.int64)
-    if not lengths.sum():
-        return np.zeros(0, dtype=np.int64), np.zeros(len(texts), dtype=np.int64)
-    chars = np.frombuffer(b"".join(texts), dtype=np.uint8).astype(np.int64) - 48
-    if ((chars < 0) | (chars > 63)).any():
-        raise ValueError("RLE string holds characters outside '0'..'o'")
-    last = (chars & 0x20) == 0  # the group that ends a number
-    text_end = np.cumsum(lengths) - 1
-    if not last[text_end[lengths > 0]].all():
-        raise ValueError("RLE string ends inside a number")
-    ends = np.flatnonzero(last)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    groups = ends - starts + 1
-    shift = 5 * (np.arange(chars.size) - np.repeat(starts, groups))
-    values = np.add.reduceat((chars & 0x1F) << shift, starts)
-    values -= np.where((chars[ends] & 0x10) != 0, np.left_shift(1, 5 * groups), 0)
-    owner = np.searchsorted(text_end, ends)  # the string each number belongs to
-    per_text = np.bincount(owner, minlength=len(texts))
-    position = np.arange(values.size) - (np.cumsum(per_text) - per_text)[owner]
-    # Undo the delta coding string by string: a running sum over odd positions from 1 and over even
-    # positions from 2, restarted at each string.
-    counts = values.copy()
-    for parity, lowest in ((1, 1), (0, 2)):
-        chosen = np.flatnonzero((position % 2 == parity) & (position >= lowest))
-        if chosen.size:
-            running = np.cumsum(values[chosen])
-            segment = owner[chosen]
-            first = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
-            before = (running - values[chosen])[first]
-            counts[chosen] = running - np.repeat(before, np.diff(np.r_[first, chosen.size]))
-    if (counts < 0).any():
-        raise ValueError("RLE string decodes to a negative run")
-    return counts, per_text
-
-
 @dataclass
 class _MaskTable:
     """All answer masks of a ground truth as one run table, for vectorised point-in-mask tests.
@@ -401,12 +345,12 @@ class _MaskTable:
         rles = [rle for masks in gt.segmentations if masks for rle in masks]
         try:
             size = np.array([rle["size"] for rle in rles], dtype=np.int64).reshape(-1, 2)
-            runs, per_mask = _runs_of(rles)
+            runs, per_mask = rle_codec.runs_of(rles)
         except (KeyError, TypeError, ValueError) as exc:  # name the first bad mask
             for sample, masks in enumerate(gt.segmentations):
                 for k, rle in enumerate(masks or []):
                     try:
-                        rle_counts(rle), [int(v) for v in rle["size"]]
+                        rle_codec.counts(rle), [int(v) for v in rle["size"]]
                     except (KeyError, TypeError, ValueError) as bad:
                         raise ValueError(f"{gt.source}: sample {gt.ids[sample]!r} mask {k}: bad RLE ({bad})") from bad
             raise ValueError(f"{gt.source}: bad answer_segmentations ({exc})") from exc
@@ -435,49 +379,6 @@ class _MaskTable:
         pixel = self.base[mask] + np.where(in_frame, x * height + y, 0)
         run = np.searchsorted(self.run_ends, pixel, side="right")
         return in_frame & self.foreground[np.minimum(run, self.foreground.size - 1)]
-
-
-def _runs_of(rles: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray]:
-    """Run lengths of many RLE dicts end to end, and how many runs each has."""
-    fields = [rle["counts"] for rle in rles]
-    compressed = [isinstance(c, (str, bytes)) for c in fields]
-    if all(compressed):
-        return _decode_count_strings([c.encode("ascii") if isinstance(c, str) else c for c in fields])
-    if not any(compressed):
-        per_mask = np.array([len(c) for c in fields], dtype=np.int64)
-        runs = np.fromiter(chain.from_iterable(fields), dtype=np.int64, count=int(per_mask.sum()))
-        if (runs < 0).any():
-            raise ValueError("RLE counts must be non-negative")
-        return runs, per_mask
-    pieces = [rle_counts(rle) for rle in rles]  # both forms in one file: rare, mask by mask
-    return np.concatenate(pieces + [np.zeros(0, dtype=np.int64)]), np.array([p.size for p in pieces], dtype=np.int64)
-
-
-def compress_rle_counts(counts: Sequence[int]) -> str:
-    """The inverse of the string decoding above (COCO's ``counts`` string for a list of runs)."""
-    out = []
-    for m, count in enumerate(counts):
-        value = int(count) - (int(counts[m - 2]) if m > 2 else 0)
-        while True:
-            group = value & 0x1F
-            value >>= 5
-            more = value != -1 if group & 0x10 else value != 0
-            out.append(chr(48 + (group | 0x20 if more else group)))
-            if not more:
-                break
-    return "".join(out)
-
-
-def decode_mask(rle: Mapping) -> np.ndarray:
-    """The ``(height, width)`` uint8 mask of a COCO RLE dict."""
-    height, width = (int(v) for v in rle["size"])
-    counts = rle_counts(rle)
-    flat = np.zeros(height * width, dtype=np.uint8)
-    ends = np.cumsum(counts)
-    starts = ends - counts
-    for start, end in zip(starts[1::2], ends[1::2]):
-        flat[start:end] = 1
-    return flat.reshape(width, height).T
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from rexthinker import rle
 from rexthinker.coords import to_original_frame
 from rexthinker.data.sample import RefSample
 
@@ -127,42 +128,10 @@ def render_grid(
 MASK_ALPHA = 0.45
 
 
-def decode_rle(rle: dict) -> np.ndarray:
-    """A COCO RLE (``{"size": [h, w], "counts": ...}``) as a boolean ``(h, w)`` mask. ``counts`` is
-    either the uncompressed list of run lengths or COCO's compressed string: each run is a
-    variable-length number written 5 bits per character (offset 48, bit 0x20 = more characters
-    follow, bit 0x10 of the last character = negative), and from the third run on it is stored as
-    the difference to the run two places back. Runs alternate 0 and 1, column-major."""
-    h, w = rle["size"]
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        text = counts.decode("ascii") if isinstance(counts, bytes) else counts
-        runs: list[int] = []
-        pos = 0
-        while pos < len(text):
-            value, shift, more = 0, 0, True
-            while more:
-                c = ord(text[pos]) - 48
-                value |= (c & 0x1F) << shift
-                more = bool(c & 0x20)
-                pos += 1
-                shift += 5
-                if not more and c & 0x10:
-                    value |= -1 << shift
-            if len(runs) > 2:
-                value += runs[-2]
-            runs.append(value)
-        counts = runs
-    flat = np.repeat(np.arange(len(counts)) % 2 == 1, np.asarray(counts, dtype=np.int64))
-    if flat.size != h * w:
-        raise ValueError(f"RLE covers {flat.size} pixels, expected {h}x{w}={h * w}")
-    return flat.reshape((w, h)).T
-
-
 def segmentation_mask(segmentation, size: tuple[int, int]) -> np.ndarray:
     """A boolean ``(h, w)`` mask from an RLE dict or a COCO polygon list, for a ``(w, h)`` image."""
     if isinstance(segmentation, dict):
-        return decode_rle(segmentation)
+        return rle.decode(segmentation)
     canvas = Image.new("L", size, 0)
     draw = ImageDraw.Draw(canvas)
     for polygon in segmentation:

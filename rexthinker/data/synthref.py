@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from rexthinker import rle
 from rexthinker.contracts.trace import Line, Step, candidate_name, ordering, render_trace, summary_marks
 from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS, model_frame_size, to_model_frame
 from rexthinker.data.sample import RefSample
@@ -362,30 +363,6 @@ def label_boxes(labels: np.ndarray, n: int) -> list[list[int]]:
         ys, xs = np.nonzero(labels == k + 1)
         boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
     return boxes
-
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """COCO's uncompressed RLE of a binary ``(h, w)`` mask: column-major run lengths, first run of
-    zeros (possibly empty)."""
-    h, w = mask.shape
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate(([0], changes, [flat.size]))
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts.insert(0, 0)
-    return {"size": [h, w], "counts": counts}
-
-
-def rle_to_mask(rle: dict) -> np.ndarray:
-    """Inverse of :func:`mask_to_rle` (uncompressed list form only)."""
-    h, w = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    values = np.arange(len(counts)) % 2 == 1
-    flat = np.repeat(values, counts)
-    if flat.size != h * w:
-        raise ValueError(f"RLE covers {flat.size} pixels, expected {h * w}")
-    return flat.reshape((w, h)).T
 
 
 # --------------------------------------------------------------------------------------------------
@@ -858,7 +835,7 @@ def generate_one(index: int, seed: int, split: str = "train", config: SynthRefCo
         think=think,
         image_bytes=buf.getvalue(),
         image_size=(scene.width, scene.height),
-        extra={"answer_segmentations": [mask_to_rle(labels == i + 1) for i in targets]},
+        extra={"answer_segmentations": [rle.encode(labels == i + 1) for i in targets]},
     )
 
 

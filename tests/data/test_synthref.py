@@ -21,10 +21,10 @@ from rexthinker.data.synthref import (
     _render,
     generate,
     iter_chunks,
-    mask_to_rle,
-    rle_to_mask,
     sample_rng,
 )
+from rexthinker.rle import decode as rle_to_mask
+from rexthinker.rle import encode as mask_to_rle
 
 
 def test_same_seed_gives_identical_samples():

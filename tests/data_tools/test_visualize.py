@@ -12,10 +12,10 @@ from rexthinker.contracts.trace import CHECK, CROSS, WARN
 from rexthinker.data.cot_tsv import write_cot_tsv
 from rexthinker.data.grpo_parquet import write_grpo_parquet
 from rexthinker.data.humanref import write_humanref
+from rexthinker.rle import decode as decode_rle
 from rexthinker.viz import (
     FONT_PATH,
     MARK_COLORS,
-    decode_rle,
     draw_marked_text,
     draw_sample,
     draw_sample_with_masks,

@@ -10,14 +10,21 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from evaluation.humanref_metric_reference_loop import reference_loop_summary
-from evaluation.metric import (
-    GroundTruth, _decode_count_strings, compress_rle_counts, decode_mask, evaluate, load_predictions,
-    markdown_report, rle_counts,
-)  # fmt: skip
+from evaluation.metric import GroundTruth, evaluate, load_predictions, markdown_report
 from rexthinker.data.sample import RefSample
-from rexthinker.data.synthref import mask_to_rle, rle_to_mask
+from rexthinker.rle import compress as compress_rle_counts
+from rexthinker.rle import counts as rle_counts
+from rexthinker.rle import decode as rle_to_mask
+from rexthinker.rle import decode_strings as _decode_count_strings
+from rexthinker.rle import encode as mask_to_rle
 
 from .conftest import GOLDEN_GT, GOLDEN_PRED
+
+
+def decode_mask(rle):
+    """A mask as the metric reads it (COCO's reading: short runs end in background)."""
+    return rle_to_mask(rle, exact=False)
+
 
 A, B = [0, 0, 10, 10], [20, 20, 30, 30]
 
