@@ -2,8 +2,10 @@
 
     make demo                                  # or: bash recipes/demo.sh [--out DIR] [--train N]
 
-Stages: (1) build the ``small`` Qwen2.5-VL checkpoint (cached), (2) generate SynthRef in the three
-on-disk formats through ``python -m data_tools synthref``, (3) show it: a PNG grid of test samples
+Stages: (1) load the shipped demo base (``models/demo-base``: the ``small`` Qwen2.5-VL pre-trained on
+generic describe / locate chats by ``rexthinker.models.base``; ``--model small`` starts from random
+weights instead), (2) generate SynthRef at its demo level in the three on-disk formats through
+``python -m data_tools synthref --level demo``, (3) show it: a PNG grid of test samples
 with numbered hint boxes, and a markdown file with the exact model input (chat template applied)
 and target of a few samples, read back through the library's readers, (4) SFT
 (``python -m rexthinker.sft``), (5) GRPO from the SFT checkpoint (``python -m rexthinker.grpo``),
@@ -123,16 +125,26 @@ def _lines(path: Path) -> int:
 
 
 def build_model(name: str) -> tuple[Path, dict]:
+    """The checkpoint the demo starts from: the shipped pre-trained base (``demo-base``,
+    models/demo-base), or a random-weight build of a tiny spec (cached)."""
     from transformers import AutoConfig, AutoProcessor
 
-    path = tiny.get(name)
+    from rexthinker.models import base
+
+    path = base.shipped() if name == "demo-base" else tiny.get(name)
     config = AutoConfig.from_pretrained(path)
-    spec = tiny.SPECS[name]
+    processor = AutoProcessor.from_pretrained(path)
     t, v = config.text_config, config.vision_config
     n_params = _count_params(path)
     about = (f"{name}: {path}\n  text {t.num_hidden_layers}x{t.hidden_size}, vision {v.depth}x{v.hidden_size}, "
-             f"vocab {len(AutoProcessor.from_pretrained(path).tokenizer)}, {n_params / 1e6:.2f} M parameters")  # fmt: skip
-    return path, {"params_M": round(n_params / 1e6, 2), "pixels": (spec.min_pixels, spec.max_pixels), "about": about}
+             f"vocab {len(processor.tokenizer)}, {n_params / 1e6:.2f} M parameters")  # fmt: skip
+    facts = {"params_M": round(n_params / 1e6, 2), "pixels": pixel_limits(processor), "about": about}
+    if name == "demo-base":
+        last = base.lineage(path)[-1]["last"]
+        facts["base_probes"] = {k.removeprefix("heldout_"): v for k, v in last.items() if k.startswith("heldout_")}
+        about += "\n  pre-trained (describe / locate), held-out probes: " + ", ".join(f"{k} {v:.3f}" for k, v in facts["base_probes"].items())
+        facts["about"] = about
+    return path, facts
 
 
 def _count_params(path: Path) -> int:
@@ -149,7 +161,7 @@ def generate_data(console: Console, out: Path, args, min_pixels: int, max_pixels
     cmd = [
         sys.executable, "-m", "data_tools", "synthref", "--out", str(out), "--seed", str(args.seed),
         "--train", str(args.train), "--val", str(args.val), "--test", str(args.test),
-        "--min-pixels", str(min_pixels), "--max-pixels", str(max_pixels),
+        "--min-pixels", str(min_pixels), "--max-pixels", str(max_pixels), "--level", args.level,
     ]  # fmt: skip
     total = args.train + args.val + args.test
     console.run(cmd, "data", total, lambda: sum(_lines(out / split / "humanref" / "annotations.jsonl") for split in SPLITS))
@@ -283,14 +295,16 @@ def results_table(rows: dict[str, dict | None]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/demo")
-    parser.add_argument("--model", default="small", choices=sorted(tiny.SPECS))
+    parser.add_argument("--model", default="demo-base", choices=["demo-base", *sorted(tiny.SPECS)],
+                        help="demo-base: the shipped pre-trained small model (models/demo-base); else a random-weight build")
+    parser.add_argument("--level", default="demo", help="SynthRef level of the data (synthref.LEVELS)")
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--val", type=int, default=200)
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show", type=int, default=3, help="samples whose prompt is written out")
     parser.add_argument("--stages", default="data,show,sft,grpo,eval", help="comma-separated subset of data,show,sft,grpo,eval")
-    parser.add_argument("--sft-steps", type=int, default=230)  # about 8 minutes on 2 CPU cores
+    parser.add_argument("--sft-steps", type=int, default=300)  # about 8 minutes on 2 CPU cores, evaluation included
     parser.add_argument("--grpo-steps", type=int, default=10)
     parser.add_argument("--log", default=None, help="the full log (default: OUT/demo.log)")
     args = parser.parse_args()
@@ -301,7 +315,8 @@ def main() -> int:
     console.say(f"rexthinker demo: stages {args.stages}; the full log is {console.log_path}")
     timings, facts = {}, {}
 
-    t0 = console.stage(f"1. model: build or reuse the '{args.model}' Qwen2.5-VL checkpoint")
+    what = "load the shipped pre-trained base (models/demo-base)" if args.model == "demo-base" else f"build or reuse the random '{args.model}'"
+    t0 = console.stage(f"1. model: {what} Qwen2.5-VL checkpoint")
     with console.quiet():
         model_path, facts["model"] = build_model(args.model)
     console.say(facts["model"].pop("about"))

@@ -62,6 +62,7 @@ from rexthinker.data.sample import RefSample
 from rexthinker.prompts import build_messages, pixel_limits
 from rexthinker.sft.data import IGNORE, Features, collate
 from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
+from rexthinker.train.metrics import plot_history
 
 BASE_VERSION = 3  # bump when the tasks or the training procedure change
 MARKER = "rexthinker_base.json"
@@ -394,7 +395,7 @@ def command(recipe: dict) -> str:
     return " ".join(["python -m rexthinker.models.base", *args])
 
 
-def ship(folder: Path, dest: Path = SHIPPED, dtype: str = "bfloat16") -> Path:
+def ship(folder: Path, dest: Path = SHIPPED, dtype: str = "bfloat16", note: str = "") -> Path:
     """Write the base in ``folder`` to ``dest`` as ``dtype`` safetensors with a model card
     (README.md: the commands, data, steps, wall time and held-out probes of every build in its lineage)."""
     from safetensors.torch import load_file, save_file
@@ -409,11 +410,14 @@ def ship(folder: Path, dest: Path = SHIPPED, dtype: str = "bfloat16") -> Path:
     marker = json.loads((folder / MARKER).read_text())
     (dest / MARKER).write_text(json.dumps({**marker, "dtype": dtype}) + "\n")
     (dest / "pretrain_history.jsonl").write_bytes((folder / "pretrain_history.jsonl").read_bytes())
-    (dest / "README.md").write_text(model_card(chain, dtype, sum(v.numel() for v in weights.values())))
+    history = [json.loads(line) for line in (dest / "pretrain_history.jsonl").read_text().splitlines()]
+    plot_history(history, ["loss", "heldout_box_exact", "heldout_colour_acc"], dest / "pretrain_curves.png",
+                 f"{dest.name}: pre-training, held-out probes every 25 steps")  # fmt: skip
+    (dest / "README.md").write_text(model_card(chain, dtype, sum(v.numel() for v in weights.values()), note))
     return dest
 
 
-def model_card(chain: list[dict], dtype: str, n_params: int) -> str:
+def model_card(chain: list[dict], dtype: str, n_params: int, note: str = "") -> str:
     probes = ("heldout_box_exact", "heldout_colour_acc", "heldout_describe_exact", "heldout_locate_exact")
     lines = [
         "# demo-base: the small Qwen2.5-VL that `make demo` starts from",
@@ -449,10 +453,12 @@ def model_card(chain: list[dict], dtype: str, n_params: int) -> str:
         "The probes are teacher-forced on 32 held-out chats (`pretrain-val` split): `box exact` is a",
         "description line's box right in every token (the k-th hint copied), `colour` its shirt colour",
         "(the region that box names, read), and the other two whole answers right. The full curves are in",
-        "`pretrain_history.jsonl`; `tests/models/test_shipped_base.py` re-checks the probes on a fixed",
+        "`pretrain_history.jsonl` (plotted in `pretrain_curves.png`); `tests/models/test_shipped_base.py` re-checks the probes on a fixed",
         "handful of chats.",
         "",
     ]
+    if note:
+        lines += ["## Notes", "", note.strip(), ""]
     return "\n".join(lines)
 
 
@@ -466,12 +472,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
     parser.add_argument("--ship", type=Path, default=None, help="also write the build there with its model card")
+    parser.add_argument("--note", default="", help="a paragraph for the model card (where it ran, what it can and cannot do)")
     args = parser.parse_args(argv)
     recipe = BaseRecipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseRecipe)})
     path = get(recipe)
     print(path)
     if args.ship:
-        print(ship(path, args.ship))
+        print(ship(path, args.ship, note=args.note))
     return 0
 
 

@@ -57,28 +57,9 @@ class MetricLogger:
 
     def plot(self, keys: list[str], path: Path, title: str) -> Path | None:
         """One panel per key against the step, from everything logged in this run."""
-        if not self.enabled or not self.history:
+        if not self.enabled:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        keys = [k for k in keys if any(k in row for row in self.history)]
-        if not keys:
-            return None
-        fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
-        for ax, key in zip(axes[0], keys):
-            points = [(row["step"], row[key]) for row in self.history if isinstance(row.get(key), (int, float))]
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
-            ax.set_title(key)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        fig.suptitle(title)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return Path(path)
+        return plot_history(self.history, keys, path, title)
 
     def close(self) -> None:
         if self._tb is not None:
@@ -93,3 +74,28 @@ def _plain(value):
     if isinstance(value, float):
         return round(value, 6) if math.isfinite(value) else None
     return value
+
+
+def plot_history(history: list[dict], keys: list[str], path: Path, title: str) -> Path | None:
+    """A PNG with one panel per key of ``history`` rows against their ``step`` (keys no row has are
+    left out; None when none is left)."""
+    keys = [k for k in keys if any(k in row for row in history)]
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(row["step"], row[key]) for row in history if isinstance(row.get(key), (int, float))]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -31,6 +31,22 @@ def test_first_stages_keep_the_terminal_clean_and_log_the_rest(tmp_path, tiny_mo
     assert [s["stage"] for s in summary["stages"]] == ["model", "data", "prompt"]
 
 
+def test_the_demo_starts_from_the_shipped_base_at_the_demo_level(tmp_path):
+    from rexthinker.data.humanref import read_humanref
+    from rexthinker.models import base
+
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "scripts/demo.py", "--stages", "data", "--train", "4", "--val", "2", "--test", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    term = proc.stdout + proc.stderr
+    assert "load the shipped pre-trained base" in term and str(base.SHIPPED) in term and "box_exact" in term
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["base_probes"]["box_exact"] == base.lineage(base.SHIPPED)[-1]["last"]["heldout_box_exact"]
+    samples = read_humanref(out / "synthref" / "train" / "humanref" / "annotations.jsonl")
+    assert all(2 <= len(s.candidate_boxes) <= 4 and "Person 1 [" in s.think for s in samples)
+
+
 def test_a_failing_stage_shows_the_end_of_the_log(tmp_path, capfd):
     console = demo.Console(tmp_path / "demo.log")
     cmd = [sys.executable, "-c", "import sys; print('the reason it broke'); sys.exit(3)"]
