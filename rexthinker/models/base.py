@@ -60,7 +60,7 @@ from rexthinker.contracts.trace import candidate_name
 from rexthinker.data import synthref
 from rexthinker.data.sample import RefSample
 from rexthinker.prompts import build_messages, pixel_limits
-from rexthinker.sft.data import IGNORE, Features, collate
+from rexthinker.train.features import IGNORE, Features, collate
 from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
 from rexthinker.train.metrics import plot_history
 
@@ -268,12 +268,7 @@ class Chats(torch.utils.data.Dataset):
 
 def _loader(chats: Chats, batch_size: int, workers: int, pad_id: int):
     def collate_chats(items):
-        features = [f for f, _ in items]
-        if features[0].pixel_values is None:  # text-only chats
-            empty = dict(pixel_values=torch.zeros(0, 1), image_grid_thw=torch.zeros(0, 3, dtype=torch.long))
-            batch = collate([dataclasses.replace(f, **empty) for f in features], pad_id)
-            return {k: v for k, v in batch.items() if k not in empty}, [t for _, t in items]
-        return collate(features, pad_id), [t for _, t in items]
+        return collate([f for f, _ in items], pad_id), [t for _, t in items]
 
     return torch.utils.data.DataLoader(chats, batch_size=batch_size, num_workers=workers, collate_fn=collate_chats,
                                        prefetch_factor=4 if workers else None)  # fmt: skip

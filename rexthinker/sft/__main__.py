@@ -31,8 +31,9 @@ from rexthinker.config import load_config, save_config, to_dict
 from rexthinker.data.sources import open_samples
 from rexthinker.models.load import check_model_path, load_policy
 from rexthinker.sft.config import SFTConfig
-from rexthinker.sft.data import IGNORE, SFTDataset, collate, step_batches, steps_per_epoch
+from rexthinker.sft.data import SFTDataset, step_batches, steps_per_epoch
 from rexthinker.train import checkpoint, dist
+from rexthinker.train.features import IGNORE, collate
 from rexthinker.train.learner import Learner
 from rexthinker.train.metrics import MetricLogger
 

@@ -9,25 +9,15 @@ the assistant tokens: ``<think>…</think><answer>…</answer><|im_end|>\\n``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from rexthinker.data.sample import RefSample
 from rexthinker.prompts import build_messages, pixel_limits, target_text
+from rexthinker.train.features import IGNORE, Features
 
-IGNORE = -100
 END_OF_TURN = "<|im_end|>\n"
-
-
-@dataclass
-class Features:
-    input_ids: torch.Tensor  # (T,)
-    labels: torch.Tensor  # (T,), IGNORE outside the assistant turn
-    mm_token_type_ids: torch.Tensor  # (T,), 1 on image tokens
-    pixel_values: torch.Tensor  # (patches, C*T*P*P)
-    image_grid_thw: torch.Tensor  # (1, 3)
 
 
 def build_features(sample: RefSample, processor, template: str = "train", instruction: str = "system") -> Features:
@@ -60,35 +50,6 @@ class SFTDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Features | None:
         features = build_features(self.samples[index], self.processor, self.template, self.instruction)
         return features if features.input_ids.numel() <= self.max_length else None
-
-
-def collate(items: list[Features | None], pad_id: int) -> dict[str, torch.Tensor] | None:
-    """Right-pad a micro-batch; ``skipped`` counts samples dropped for length."""
-    kept = [f for f in items if f is not None]
-    if not kept:
-        return {"skipped": torch.tensor(len(items))}
-    length = max(f.input_ids.numel() for f in kept)
-
-    def pad(name: str, value: int) -> torch.Tensor:
-        out = torch.full((len(kept), length), value, dtype=torch.long)
-        for row, f in enumerate(kept):
-            seq = getattr(f, name)
-            out[row, : seq.numel()] = seq
-        return out
-
-    input_ids = pad("input_ids", pad_id)
-    attention = torch.zeros_like(input_ids)
-    for row, f in enumerate(kept):
-        attention[row, : f.input_ids.numel()] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "labels": pad("labels", IGNORE),
-        "mm_token_type_ids": pad("mm_token_type_ids", 0),
-        "pixel_values": torch.cat([f.pixel_values for f in kept]),
-        "image_grid_thw": torch.cat([f.image_grid_thw for f in kept]),
-        "skipped": torch.tensor(len(items) - len(kept)),
-    }
 
 
 def epoch_order(num_samples: int, epoch: int, seed: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 
 from rexthinker.models import base, tiny
 from rexthinker.prompts import pixel_limits
-from rexthinker.sft.data import IGNORE
+from rexthinker.train.features import IGNORE
 
 
 @pytest.fixture(scope="module")

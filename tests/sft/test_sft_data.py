@@ -10,7 +10,8 @@ from rexthinker.coords import to_model_frame
 from rexthinker.data.sources import open_samples
 from rexthinker.generation import render
 from rexthinker.prompts import pixel_limits, target_text
-from rexthinker.sft.data import END_OF_TURN, IGNORE, build_features, collate, step_batches
+from rexthinker.sft.data import END_OF_TURN, build_features, step_batches
+from rexthinker.train.features import IGNORE, collate
 
 
 def test_prompt_tokens_equal_inference_tokens_and_labels_cover_the_assistant_turn(tiny_model_path, sft_data):
