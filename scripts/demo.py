@@ -138,13 +138,12 @@ def build_model(name: str) -> tuple[Path, dict]:
     n_params = _count_params(path)
     about = (f"{name}: {path}\n  text {t.num_hidden_layers}x{t.hidden_size}, vision {v.depth}x{v.hidden_size}, "
              f"vocab {len(processor.tokenizer)}, {n_params / 1e6:.2f} M parameters")  # fmt: skip
-    facts = {"params_M": round(n_params / 1e6, 2), "pixels": pixel_limits(processor), "about": about}
+    facts = {"params_M": round(n_params / 1e6, 2), "pixels": pixel_limits(processor)}
     if name == "demo-base":
         last = base.lineage(path)[-1]["last"]
         facts["base_probes"] = {k.removeprefix("heldout_"): v for k, v in last.items() if k.startswith("heldout_")}
         about += "\n  pre-trained (describe / locate), held-out probes: " + ", ".join(f"{k} {v:.3f}" for k, v in facts["base_probes"].items())
-        facts["about"] = about
-    return path, facts
+    return path, {**facts, "about": about}
 
 
 def _count_params(path: Path) -> int:
@@ -304,7 +303,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show", type=int, default=3, help="samples whose prompt is written out")
     parser.add_argument("--stages", default="data,show,sft,grpo,eval", help="comma-separated subset of data,show,sft,grpo,eval")
-    parser.add_argument("--sft-steps", type=int, default=300)  # about 8 minutes on 2 CPU cores, evaluation included
+    parser.add_argument("--sft-steps", type=int, default=300)  # 581 s on 2 CPU cores, evaluation included (2026-11-30)
     parser.add_argument("--grpo-steps", type=int, default=10)
     parser.add_argument("--log", default=None, help="the full log (default: OUT/demo.log)")
     args = parser.parse_args()

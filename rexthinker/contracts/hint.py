@@ -16,9 +16,11 @@ from collections.abc import Sequence
 
 from rexthinker.contracts.answer import Box, read_box
 
+# The hint line of the training text, also the first line of the base model's pre-training chats.
+HINT_LINE = "Hint: Object and its coordinates in this image: {hint}\n"
 # User-text variants, selectable by name.
 USER_TEMPLATES = {
-    "train": "Hint: Object and its coordinates in this image: {hint}\nPlease detect {referring} in this image.",
+    "train": HINT_LINE + "Please detect {referring} in this image.",
     "humanref_eval": "Hint: {hint}\nLocate {referring} in the image and answer the question in json format.",
 }
 IMAGE_PLACEHOLDER = "<image>"  # how a GRPO ``problem`` cell marks the image

@@ -40,6 +40,7 @@ from rexthinker.data.sample import RefSample, encode_png
 COLUMNS = ("images", "problem", "answer")
 SCHEMA = pa.schema([("images", pa.binary()), ("problem", pa.string()), ("answer", pa.string())])
 
+
 def _rgb_png(data: bytes) -> bytes:
     """The bytes unchanged when they already are an 8-bit RGB PNG, else re-encoded as one."""
     if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and data[24] == 8 and data[25] == 2:

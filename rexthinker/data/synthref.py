@@ -22,7 +22,9 @@ samples whatever the number of worker processes.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import multiprocessing
 import multiprocessing.pool
 import random
@@ -165,9 +167,6 @@ def level_config(level: str = "full", overrides: Sequence[str] = (), **settings)
     """The config of a named level, then keyword ``settings``, then ``key=value`` /
     ``dict_field.key=value`` ``overrides`` (values parsed as JSON). Raises ValueError naming the
     unknown level, setting or bad value."""
-    import dataclasses
-    import json
-
     if level not in LEVELS:
         raise ValueError(f"unknown SynthRef level {level!r}; choose from {', '.join(LEVELS)}")
     values = {**dataclasses.asdict(SynthRefConfig()), **LEVELS[level], **settings}

@@ -55,7 +55,7 @@ import torch
 
 from rexthinker.cache import cache_root, cached_build
 from rexthinker.contracts.answer import answer_json
-from rexthinker.contracts.hint import hint_json
+from rexthinker.contracts.hint import HINT_LINE, hint_json
 from rexthinker.contracts.trace import candidate_name
 from rexthinker.data import synthref
 from rexthinker.data.sample import RefSample
@@ -158,7 +158,7 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
                        candidate_boxes=synthref.label_boxes(labels, scene.n),
                        category=synthref.CATEGORY, image_size=(scene.width, scene.height))  # fmt: skip
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
-    hint = f"Hint: Object and its coordinates in this image: {hint_json(synthref.CATEGORY, info.hint_boxes)}\n"
+    hint = HINT_LINE.format(hint=hint_json(synthref.CATEGORY, info.hint_boxes))
     if copy:
         turns = [(hint + LIST, "\n".join(candidate_name(synthref.CATEGORY, k, info.hint_boxes[k]) for k in range(scene.n)))]
     else:
@@ -284,9 +284,9 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print, snap
     processor = AutoProcessor.from_pretrained(model_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     pad_id = processor.tokenizer.pad_token_id
-    optim = OptimConfig(lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98), scheduler="cosine",
-                        warmup_ratio=recipe.warmup_steps / (recipe.copy_steps + recipe.steps), max_grad_norm=1.0)  # fmt: skip
     total = recipe.copy_steps + recipe.steps
+    optim = OptimConfig(lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98), scheduler="cosine",
+                        warmup_ratio=recipe.warmup_steps / total, max_grad_norm=1.0)  # fmt: skip
     learner = Learner(model, optim, LearnerConfig(strategy="single", precision=recipe.precision), total)
     device = dist.device()
 
@@ -350,7 +350,7 @@ def get(recipe: BaseRecipe | None = None, log=print) -> Path:
 # --- the shipped base ------------------------------------------------------------------------------
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "demo-base"  # what `make demo` starts from
 _COPIED = ("config.json", "generation_config.json", "chat_template.jinja", "processor_config.json",
-           "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", MARKER)  # fmt: skip
+           "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "pretrain_history.jsonl")  # fmt: skip
 
 
 def shipped() -> Path:
@@ -365,12 +365,7 @@ def lineage(folder: Path) -> list[dict]:
     each its recipe, last logged row, steps run and wall time."""
     for name in (MARKER, SNAPSHOT):
         if (folder / name).exists():
-            info = json.loads((folder / name).read_text())
-            if "lineage" in info:
-                return info["lineage"]
-            # a build of version 3 before lineages were recorded: itself, from its own history
-            last = json.loads((folder / "pretrain_history.jsonl").read_text().splitlines()[-1])
-            return [_record(BaseRecipe(**info["recipe"]), last)]
+            return json.loads((folder / name).read_text())["lineage"]
     raise FileNotFoundError(f"{folder} is neither a base build nor a snapshot of one (no {MARKER} or {SNAPSHOT})")
 
 
@@ -404,8 +399,7 @@ def ship(folder: Path, dest: Path = SHIPPED, dtype: str = "bfloat16", note: str 
             (dest / name).write_bytes((folder / name).read_bytes())
     marker = json.loads((folder / MARKER).read_text())
     (dest / MARKER).write_text(json.dumps({**marker, "dtype": dtype}) + "\n")
-    (dest / "pretrain_history.jsonl").write_bytes((folder / "pretrain_history.jsonl").read_bytes())
-    history = [json.loads(line) for line in (dest / "pretrain_history.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (folder / "pretrain_history.jsonl").read_text().splitlines()]
     plot_history(history, ["loss", "heldout_box_exact", "heldout_colour_acc"], dest / "pretrain_curves.png",
                  f"{dest.name}: pre-training, held-out probes every 25 steps")  # fmt: skip
     (dest / "README.md").write_text(model_card(chain, dtype, sum(v.numel() for v in weights.values()), note))
