@@ -59,6 +59,8 @@ from rexthinker.contracts.hint import HINT_LINE, hint_json
 from rexthinker.contracts.trace import candidate_name
 from rexthinker.data import synthref
 from rexthinker.data.sample import RefSample
+from rexthinker.data.synthref.queries import hands_text, observe
+from rexthinker.data.synthref.scene import Scene, label_boxes, make_scene, render
 from rexthinker.prompts import build_messages, pixel_limits
 from rexthinker.train.features import IGNORE, Features, collate
 from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
@@ -128,12 +130,12 @@ DESCRIBE = "Describe every person."
 LIST = "List every person with its box."
 
 
-def describe_line(scene: synthref.Scene, k: int, box: list[int] | None = None) -> str:
+def describe_line(scene: Scene, k: int, box: list[int] | None = None) -> str:
     """``Person 3 [x0, y0, x1, y1]: red shirt, ...`` (without the box when ``box`` is None)."""
     fig = scene.figures[k]
-    parts = [synthref.observe(fig, kind) for kind in ("color", "tall", "hat", "flag")]
+    parts = [observe(fig, kind) for kind in ("color", "tall", "hat", "flag")]
     if scene.hands.get(k):
-        parts.append(synthref._hands_text(scene, k))
+        parts.append(hands_text(scene, k))
     return f"{candidate_name(synthref.CATEGORY, k, box)}: " + ", ".join(parts)
 
 
@@ -152,10 +154,10 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
     image is not shown to the model."""
     rng = synthref.sample_rng(recipe.seed, split, index)
     cfg = recipe.scene_config()
-    scene = synthref._make_scene(rng, cfg, set())
-    image, labels = synthref._render(scene, rng, cfg)
+    scene = make_scene(rng, cfg, set())
+    image, labels = render(scene, rng, cfg)
     sample = RefSample(id=f"base-{split}-{index}", image_name="", referring="", answer_boxes=[],
-                       candidate_boxes=synthref.label_boxes(labels, scene.n),
+                       candidate_boxes=label_boxes(labels, scene.n),
                        category=synthref.CATEGORY, image_size=(scene.width, scene.height))  # fmt: skip
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
     hint = HINT_LINE.format(hint=hint_json(synthref.CATEGORY, info.hint_boxes))

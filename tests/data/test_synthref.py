@@ -11,18 +11,9 @@ import pytest
 from PIL import Image
 
 from rexthinker.contracts.trace import ARROW, CHECK, CROSS, SUMMARY_HEADER, WARN, summary_marks
-from rexthinker.data.synthref import (
-    DOMAINS,
-    INK,
-    PALETTE,
-    SUB_DOMAINS,
-    SynthRefConfig,
-    _make_scene,
-    _render,
-    generate,
-    iter_chunks,
-    sample_rng,
-)
+from rexthinker.data.synthref import DOMAINS, SynthRefConfig, generate, iter_chunks, sample_rng
+from rexthinker.data.synthref.config import INK, PALETTE, SUB_DOMAINS
+from rexthinker.data.synthref.scene import make_scene, render
 from rexthinker.rle import decode as rle_to_mask
 from rexthinker.rle import encode as mask_to_rle
 
@@ -138,8 +129,8 @@ def test_drawn_attributes_are_visible():
     cfg = SynthRefConfig()
     for index in range(20):
         rng = sample_rng(99, "train", index)
-        scene = _make_scene(rng, cfg, set())
-        image, labels = _render(scene, rng, cfg)
+        scene = make_scene(rng, cfg, set())
+        image, labels = render(scene, rng, cfg)
         pixels = np.asarray(image)
         heights: dict[bool, list[int]] = {True: [], False: []}
         for k, fig in enumerate(scene.figures):

@@ -1,0 +1,427 @@
+"""SynthRef's questions: for a scene and a sub-domain, a referring expression, its targets and the
+rule-written plan / action / summarize steps that find them (:func:`build_query`)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rexthinker.contracts.trace import Line, Step, candidate_name, ordering
+from rexthinker.data.synthref.config import CATEGORY, NUMBERS, ORDINALS, SynthRefConfig
+from rexthinker.data.synthref.scene import Figure, Scene
+
+
+@dataclass
+class Query:
+    referring: str
+    targets: list[int]  # hint indices
+    steps: list[Step]
+    summary: list[Line]
+
+
+def _shirt(color: str) -> str:
+    return f"in {'an' if color[0] in 'aeiou' else 'a'} {color} shirt"
+
+
+@dataclass(frozen=True)
+class Term:
+    """One visual condition on a figure: ``kind`` is color, hat, tall or flag."""
+
+    kind: str
+    value: object
+    negate: bool = False
+
+    def holds(self, fig: Figure) -> bool:
+        return (getattr(fig, self.kind) == self.value) != self.negate
+
+    def phrase(self) -> str:
+        """The words the referring expression uses (``tall``/``short`` go before the noun)."""
+        if self.kind == "color":
+            words = _shirt(str(self.value))
+        elif self.kind == "hat":
+            words = "wearing a hat" if self.value else "without a hat"
+        elif self.kind == "flag":
+            words = "holding a flag" if self.value else "without a flag"
+        else:
+            words = "tall" if self.value else "short"
+        return "not " + words if self.negate else words
+
+    def title(self) -> str:
+        if self.negate:
+            return f"Rule out the people {Term(self.kind, self.value).phrase()}"
+        if self.kind == "color":
+            return f"Find the people {self.phrase()}"
+        return {
+            ("hat", True): "Check who wears a hat",
+            ("hat", False): "Check who has no hat",
+            ("flag", True): "Check who holds a flag",
+            ("flag", False): "Check who has no flag",
+            ("tall", True): "Check who is tall",
+            ("tall", False): "Check who is short",
+        }[(self.kind, bool(self.value))]
+
+
+def observe(fig: Figure, kind: str) -> str:
+    """The short observation a trace writes about one figure."""
+    if kind == "color":
+        return f"{fig.color} shirt"
+    if kind == "hat":
+        return "wears a hat" if fig.hat else "no hat"
+    if kind == "flag":
+        return "holds a flag" if fig.flag else "no flag"
+    return "tall" if fig.tall else "short"
+
+
+_TERM_ORDER = {"color": 0, "tall": 1, "hat": 2, "flag": 3}
+
+
+def describe(terms: Sequence[Term], noun: str = "person") -> str:
+    """"the tall person in a red shirt wearing a hat" (negated terms come last, after "but")."""
+    positive = sorted((t for t in terms if not t.negate), key=lambda t: _TERM_ORDER[t.kind])
+    negative = [t for t in terms if t.negate]
+    adjectives = [t.phrase() for t in positive if t.kind == "tall"]
+    after = [t.phrase() for t in positive if t.kind != "tall"]
+    words = ["the", *adjectives, noun, *after]
+    if negative:
+        words += ["but", " and ".join(t.phrase() for t in negative)]
+    return " ".join(words)
+
+
+def _filter_steps(
+    scene: Scene, terms: Sequence[Term], pool: list[int], notes: dict[int, list[str]]
+) -> tuple[list[Step], list[int]]:
+    """One step per term over the candidates still in the pool; appends each observation to notes."""
+    steps = []
+    ordered = sorted(terms, key=lambda t: (t.negate, _TERM_ORDER[t.kind]))
+    for term in ordered:
+        step = Step(term.title())
+        kept = []
+        for i in pool:
+            hit = term.holds(scene.figures[i])
+            text = observe(scene.figures[i], term.kind)
+            notes[i].append(text)
+            step.lines.append(Line(i, text, hit))
+            if hit:
+                kept.append(i)
+        steps.append(step)
+        pool = kept
+    return steps, pool
+
+
+def _summary(scene: Scene, targets: Sequence[int], notes: dict[int, list[str]]) -> list[Line]:
+    return [Line(i, ", ".join(notes[i]), i in targets) for i in range(scene.n)]
+
+
+def _attribute_query(scene: Scene, terms: Sequence[Term], referring: str | None = None) -> Query:
+    notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
+    steps, targets = _filter_steps(scene, terms, list(range(scene.n)), notes)
+    return Query(referring or describe(terms), targets, steps, _summary(scene, targets, notes))
+
+
+def _terms_of(fig: Figure, kinds: Sequence[str]) -> list[Term]:
+    return [Term(kind, getattr(fig, kind)) for kind in kinds]
+
+
+def _sort_step(scene: Scene, indices: list[int] | None = None, what: str = "people") -> Step:
+    indices = scene.left_to_right() if indices is None else indices
+    if what == "people":
+        note = f"I see {len(indices)} people; from left to right they are {ordering(CATEGORY, indices)}."
+    else:
+        note = f"From left to right: {ordering(CATEGORY, indices)}."
+    return Step(f"Sort the {what} from left to right", note=note)
+
+
+_ATTRIBUTE_KINDS = (
+    ("color",), ("hat",), ("tall",), ("color", "hat"), ("color", "tall"), ("tall", "hat"), ("color", "tall", "hat")
+)
+_ATTRIBUTE_WEIGHTS = (0.25, 0.125, 0.125, 0.13, 0.13, 0.12, 0.12)
+
+
+def _q_attribute(scene: Scene, rng: random.Random) -> Query | None:
+    fig = rng.choice(scene.figures)  # describe someone who is there, so the answer is never empty
+    kinds = rng.choices(_ATTRIBUTE_KINDS, weights=_ATTRIBUTE_WEIGHTS)[0]
+    return _attribute_query(scene, _terms_of(fig, kinds))
+
+
+def _q_inner_position(scene: Scene, rng: random.Random) -> Query | None:
+    order = scene.left_to_right()
+    n = scene.n
+    kind = rng.choices(("ordinal", "group", "filtered"), weights=(0.35, 0.4, 0.25))[0]
+    side = rng.choice(("left", "right"))
+    notes: dict[int, list[str]] = {i: [] for i in range(n)}
+    if kind == "filtered":
+        counts = {c: [i for i in order if scene.figures[i].color == c] for c in {f.color for f in scene.figures}}
+        colors = sorted(c for c, members in counts.items() if len(members) >= 2)
+        if not colors:
+            return None
+        color = rng.choice(colors)
+        term = Term("color", color)
+        steps, members = _filter_steps(scene, [term], list(range(n)), notes)
+        members = [i for i in order if i in members]
+        seq = members if side == "left" else members[::-1]
+        k = rng.randrange(min(len(seq), 3))
+        if k == 0:
+            referring = f"the {side}most person {_shirt(color)}"
+            title = f"Find the {side}most of them"
+        else:
+            referring = f"the {ORDINALS[k]} person {_shirt(color)} from the {side}"
+            title = f"Find the {ORDINALS[k]} of them from the {side}"
+        steps.append(_sort_step(scene, members, f"people {_shirt(color)}"))
+        last = Step(title)
+        for pos, i in enumerate(seq):
+            text = f"{ORDINALS[pos]} from the {side}"
+            notes[i].append(text)
+            last.lines.append(Line(i, text, pos == k))
+        steps.append(last)
+        targets = [seq[k]]
+        return Query(referring, targets, steps, _summary(scene, targets, notes))
+    seq = order if side == "left" else order[::-1]
+    if kind == "ordinal":
+        k = rng.randrange(min(n, 5))
+        count = 1
+        referring = f"the {side}most person" if k == 0 else f"the {ORDINALS[k]} person from the {side}"
+        title = f"Find the {side}most person" if k == 0 else f"Find the {ORDINALS[k]} person from the {side}"
+        chosen = [seq[k]]
+    else:
+        if n < 3:  # "the two leftmost" of two people is everyone
+            return None
+        count = rng.randint(2, min(3, n - 1))
+        referring = f"the {NUMBERS[count]} {side}most people"
+        title = f"Take the {NUMBERS[count]} {side}most people"
+        chosen = seq[:count]
+    last = Step(title)
+    for pos, i in enumerate(seq):
+        text = f"{ORDINALS[pos]} from the {side}"
+        notes[i].append(text)
+        last.lines.append(Line(i, text, i in chosen))
+    targets = sorted(chosen)
+    return Query(referring, targets, [_sort_step(scene), last], _summary(scene, targets, notes))
+
+
+def _tree_side(scene: Scene, i: int) -> str:
+    return "left" if scene.figures[i].rank < scene.tree_after else "right"
+
+
+def _next_to_tree(scene: Scene, i: int) -> bool:
+    return scene.figures[i].rank in (scene.tree_after - 1, scene.tree_after)
+
+
+def _tree_step(scene: Scene) -> Step:
+    order, t = scene.left_to_right(), scene.tree_after
+    if t == 0:
+        note = f"The tree stands at the far left, before {candidate_name(CATEGORY, order[0])}."
+    elif t == scene.n:
+        note = f"The tree stands at the far right, after {candidate_name(CATEGORY, order[-1])}."
+    else:
+        a, b = candidate_name(CATEGORY, order[t - 1]), candidate_name(CATEGORY, order[t])
+        note = f"The tree stands between {a} and {b}."
+    return Step("Locate the tree", note=note)
+
+
+def _tree_relation_step(
+    scene: Scene, relation: str, pool: list[int], notes: dict[int, list[str]]
+) -> tuple[Step, list[int]]:
+    if relation == "next":
+        step = Step("Check who stands next to the tree")
+    else:
+        step = Step("Check which side of the tree each person is on")
+    hits = []
+    for i in pool:
+        if relation == "next":
+            hit = _next_to_tree(scene, i)
+            text = "next to the tree" if hit else "away from the tree"
+        else:
+            side = _tree_side(scene, i)
+            hit = side == relation
+            text = f"{side} of the tree"
+        notes[i].append(text)
+        step.lines.append(Line(i, text, hit))
+        if hit:
+            hits.append(i)
+    return step, hits
+
+
+_TREE_PHRASE = {"left": "to the left of the tree", "right": "to the right of the tree", "next": "next to the tree"}
+
+
+def _q_outer_position(scene: Scene, rng: random.Random) -> Query | None:
+    relations = ["next"]
+    relations += ["left"] if scene.tree_after > 0 else []
+    relations += ["right"] if scene.tree_after < scene.n else []
+    relation = rng.choice(relations)
+    noun = "person" if relation == "next" else rng.choice(("person", "people"))
+    notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
+    step, targets = _tree_relation_step(scene, relation, list(range(scene.n)), notes)
+    referring = f"the {noun} {_TREE_PHRASE[relation]}"
+    return Query(referring, targets, [_tree_step(scene), step], _summary(scene, targets, notes))
+
+
+def hands_text(scene: Scene, i: int) -> str:
+    partners = sorted(scene.hands[i])
+    if not partners:
+        return "hands free"
+    return "holds hands with " + " and ".join(candidate_name(CATEGORY, p) for p in partners)
+
+
+def _q_inner_interaction(scene: Scene, rng: random.Random) -> Query | None:
+    holders = [i for i in range(scene.n) if scene.hands[i]]
+    if not holders:
+        return None
+    notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
+    pool = list(range(scene.n))
+    steps: list[Step] = []
+    if rng.random() < 0.35:
+        color = scene.figures[rng.choice(holders)].color
+        steps, pool = _filter_steps(scene, [Term("color", color)], pool, notes)
+        referring = f"the person {_shirt(color)} holding hands with someone"
+    else:
+        referring = rng.choice(("the people holding hands", "the person holding hands with someone"))
+    step = Step("Check who is holding hands")
+    for i in pool:
+        text = hands_text(scene, i)
+        notes[i].append(text)
+        step.lines.append(Line(i, text, bool(scene.hands[i])))
+    steps.append(step)
+    targets = [i for i in pool if scene.hands[i]]
+    return Query(referring, targets, steps, _summary(scene, targets, notes))
+
+
+def _q_outer_interaction(scene: Scene, rng: random.Random) -> Query | None:
+    holders = [f for f in scene.figures if f.flag]
+    if not holders:
+        return None
+    fig = rng.choice(holders)
+    extra = rng.choices(((), ("color",), ("tall",)), weights=(0.5, 0.3, 0.2))[0]
+    return _attribute_query(scene, [*_terms_of(fig, extra), Term("flag", True)])
+
+
+def _unique_reference(scene: Scene, rng: random.Random) -> tuple[int, list[Term]] | None:
+    """A person that one or two visible attributes single out, and those attributes."""
+    options = []
+    for i, fig in enumerate(scene.figures):
+        for kinds in (("color",), ("color", "hat")):
+            terms = _terms_of(fig, kinds)
+            if sum(all(t.holds(f) for t in terms) for f in scene.figures) == 1:
+                options.append((i, terms))
+                break
+    return rng.choice(options) if options else None
+
+
+def _q_inner_position_two_stage(scene: Scene, rng: random.Random) -> Query | None:
+    found = _unique_reference(scene, rng)
+    if found is None:
+        return None
+    ref, terms = found
+    order = scene.left_to_right()
+    r = scene.figures[ref].rank
+    relation = rng.choice(("left", "right", "next"))
+    if relation == "left":
+        chosen = order[:r]
+    elif relation == "right":
+        chosen = order[r + 1 :]
+    else:
+        chosen = [order[j] for j in (r - 1, r + 1) if 0 <= j < scene.n]
+    if not chosen:
+        return None
+    ref_desc = describe(terms)
+    ref_name = candidate_name(CATEGORY, ref)
+    noun = "person" if relation == "next" else rng.choice(("person", "people"))
+    phrase = {"left": "to the left of", "right": "to the right of", "next": "next to"}[relation]
+    referring = f"the {noun} {phrase} {ref_desc}"
+    first = Step(f"Find {ref_desc}")
+    for i, fig in enumerate(scene.figures):
+        first.lines.append(Line(i, ", ".join(observe(fig, t.kind) for t in terms), i == ref))
+    last = Step(f"Find the people {phrase} {ref_name}")
+    notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
+    for i in order:
+        if i == ref:
+            continue
+        rank = scene.figures[i].rank
+        if relation == "next":
+            text = f"next to {ref_name}" if abs(rank - r) == 1 else f"not next to {ref_name}"
+        else:
+            text = f"{'left' if rank < r else 'right'} of {ref_name}"
+        notes[i].append(text)
+        last.lines.append(Line(i, text, i in chosen))
+    notes[ref] = [first.lines[ref].text, "the reference itself"]
+    targets = sorted(chosen)
+    return Query(referring, targets, [first, _sort_step(scene), last], _summary(scene, targets, notes))
+
+
+def _q_outer_position_two_stage(scene: Scene, rng: random.Random) -> Query | None:
+    order = scene.left_to_right()
+    fig_index = rng.choice(order)
+    fig = scene.figures[fig_index]
+    relations = [_tree_side(scene, fig_index)] + (["next"] if _next_to_tree(scene, fig_index) else [])
+    relation = rng.choice(relations)
+    terms = _terms_of(fig, [rng.choice(("color", "color", "hat", "tall"))])
+    notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
+    steps, pool = _filter_steps(scene, terms, list(range(scene.n)), notes)
+    step, targets = _tree_relation_step(scene, relation, pool, notes)
+    referring = f"{describe(terms)} {_TREE_PHRASE[relation]}"
+    return Query(referring, targets, [*steps, _tree_step(scene), step], _summary(scene, targets, notes))
+
+
+def _q_positive_then_negative(scene: Scene, rng: random.Random) -> Query | None:
+    fig = rng.choice(scene.figures)
+    kind = rng.choice(("color", "hat", "tall"))
+    positive = Term(kind, getattr(fig, kind))
+    survivors = [f for f in scene.figures if positive.holds(f)]
+    negatives = []
+    if positive.kind != "hat" and not fig.hat:
+        negatives.append(Term("hat", True, negate=True))
+    if not fig.flag:
+        negatives.append(Term("flag", True, negate=True))
+    if positive.kind != "color":
+        negatives += [Term("color", c, negate=True) for c in sorted({f.color for f in survivors}) if c != fig.color]
+    useful = [t for t in negatives if any(not t.holds(f) for f in survivors)]  # removes someone
+    if not useful:
+        return None
+    terms = [positive, rng.choice(useful)]
+    return _attribute_query(scene, terms)
+
+
+def _q_rejection(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
+    present = sorted({f.color for f in scene.figures})
+    options: dict[str, list[list[Term]]] = {
+        "color": [[Term("color", c)] for c in cfg.colors if c not in present],
+        "hat": [[Term("color", c), Term("hat", v)] for c in present for v in (True, False)],
+        "flag": [[Term("color", c), Term("flag", True)] for c in present],
+        "tall": [[Term("color", c), Term("tall", v)] for c in present for v in (True, False)],
+    }
+    absent = {
+        kind: [terms for terms in combos if not any(all(t.holds(f) for t in terms) for f in scene.figures)]
+        for kind, combos in options.items()
+    }
+    kinds = [kind for kind, combos in absent.items() if combos]
+    if not kinds:
+        return None
+    terms = rng.choice(absent[rng.choice(kinds)])
+    return _attribute_query(scene, terms)
+
+
+_BUILDERS = {  # sub-domain -> question builder (rejection takes the config too)
+    "attribute": _q_attribute,
+    "inner_position": _q_inner_position,
+    "outer_position": _q_outer_position,
+    "inner_interaction": _q_inner_interaction,
+    "outer_interaction": _q_outer_interaction,
+    "inner_position_two_stage": _q_inner_position_two_stage,
+    "outer_position_two_stage": _q_outer_position_two_stage,
+    "positive_then_negative": _q_positive_then_negative,
+}
+NEEDS = {  # what a sub-domain's scene must contain
+    "outer_position": {"tree"},
+    "outer_position_two_stage": {"tree"},
+    "inner_interaction": {"hands"},
+    "outer_interaction": {"flag"},
+}
+
+
+
+def build_query(scene: Scene, sub_domain: str, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
+    """A ``sub_domain`` question about ``scene``, or None when the scene has none."""
+    if sub_domain == "rejection":
+        return _q_rejection(scene, rng, cfg)
+    return _BUILDERS[sub_domain](scene, rng)
