@@ -29,9 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
 
-from evaluation.humanref_metric_reference_loop import reference_loop_summary  # noqa: E402
-from evaluation.metric import GroundTruth, evaluate  # noqa: E402
+from evaluation.metric import evaluate  # noqa: E402
+from evaluation.metric_inputs import GroundTruth  # noqa: E402
 from rexthinker.rle import compress as compress_rle_counts  # noqa: E402
+from tests.evaluation.reference_loop import reference_loop_summary  # noqa: E402
 
 # The public benchmark's sub-domains and sizes (6,000 expressions).
 SUB_DOMAINS = (

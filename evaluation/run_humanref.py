@@ -51,8 +51,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.metric import CORRECTED_SUFFIX, MODES, GroundTruth, PredictionFile, evaluate, load_predictions
-from evaluation.metric import markdown_report, write_report
+from evaluation.metric import evaluate
+from evaluation.metric_inputs import GroundTruth, PredictionFile, load_predictions
+from evaluation.metric_report import markdown_report, write_report
+from evaluation.metric_results import CORRECTED_SUFFIX, MODES
 from rexthinker.coords import EVAL_MIN_PIXELS, TRAIN_MAX_PIXELS
 from rexthinker.data.errors import checked_image_size
 from rexthinker.data.humanref import read_humanref

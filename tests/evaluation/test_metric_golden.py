@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from evaluation import metric
-from evaluation.metric import REFERENCE_THRESHOLDS, evaluate, main, write_report
+from evaluation.metric import REFERENCE_THRESHOLDS, evaluate, main
+from evaluation.metric_inputs import load_ground_truth, load_predictions
+from evaluation.metric_report import domain_rows, write_report
 
 from .conftest import GOLDEN_GT, GOLDEN_PRED, write_jsonl
 
@@ -106,7 +108,7 @@ def test_several_models_sorted_by_densityf1_within_each_group(tmp_path):
         evaluate(GOLDEN_GT, perfect, name="perfect"),
         evaluate(GOLDEN_GT, GOLDEN_PRED, mode="corrected", name="golden (corrected)"),
     ]
-    rows = [r for r in metric.domain_rows(results) if r is not None]
+    rows = [r for r in domain_rows(results) if r is not None]
     position = [r["model"] for r in rows if r["domain"] == "position" and r["subdomain"] == "Overall"]
     assert position == ["perfect", "golden (corrected)", "golden"]
     attribute = [r["model"] for r in rows if r["domain"] == "attribute" and r["subdomain"] == "Overall"]
@@ -155,6 +157,6 @@ def test_script_runs_as_a_file(golden_files):
 
 
 def test_jsonl_round_trip_through_files(tmp_path):
-    gt = metric.load_ground_truth(write_jsonl(tmp_path / "gt.jsonl", GOLDEN_GT))
-    preds = metric.load_predictions(write_jsonl(tmp_path / "p.jsonl", GOLDEN_PRED))
+    gt = load_ground_truth(write_jsonl(tmp_path / "gt.jsonl", GOLDEN_GT))
+    preds = load_predictions(write_jsonl(tmp_path / "p.jsonl", GOLDEN_PRED))
     assert evaluate(gt, preds).summary() == evaluate(GOLDEN_GT, GOLDEN_PRED).summary()

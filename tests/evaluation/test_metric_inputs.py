@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from evaluation.humanref_metric_reference_loop import reference_loop_summary
-from evaluation.metric import GroundTruth, evaluate, load_predictions, markdown_report
+from evaluation.metric import evaluate
+from evaluation.metric_inputs import GroundTruth, load_predictions
+from evaluation.metric_report import markdown_report
 from rexthinker.data.sample import RefSample
 from rexthinker.rle import compress as compress_rle_counts
 from rexthinker.rle import counts as rle_counts
@@ -19,6 +20,7 @@ from rexthinker.rle import decode_strings as _decode_count_strings
 from rexthinker.rle import encode as mask_to_rle
 
 from .conftest import GOLDEN_GT, GOLDEN_PRED
+from .reference_loop import reference_loop_summary
 
 
 def decode_mask(rle):

@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluation.humanref_metric_reference_loop import box_recall_precision, iou, reference_loop_summary
-from evaluation.metric import EXACT_THRESHOLDS, REFERENCE_THRESHOLDS, box_iou_pairs, evaluate
+from evaluation.metric import EXACT_THRESHOLDS, REFERENCE_THRESHOLDS, evaluate
+from evaluation.metric_match import box_iou_pairs
+
+from .reference_loop import box_recall_precision, iou, reference_loop_summary
 
 A = [0, 0, 10, 10]
 B = [2, 0, 12, 10]  # A's neighbour, IoU(A, B) = 2/3

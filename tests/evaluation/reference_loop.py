@@ -1,6 +1,6 @@
 """The HumanRef metric as a plain per-box Python loop: the yardstick for ``evaluation.metric``.
 
-    from evaluation.humanref_metric_reference_loop import reference_loop_summary
+    from tests.evaluation.reference_loop import reference_loop_summary
     assert reference_loop_summary(gt_rows, pred_rows) == evaluate(gt_rows, pred_rows).summary()
 
 This follows the official script's structure one sample, one threshold, one box pair at a time
@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from evaluation.metric import REFERENCE_THRESHOLDS, REJECTION, bucket_of
+from evaluation.metric import REFERENCE_THRESHOLDS
+from evaluation.metric_results import REJECTION, bucket_of
 from rexthinker.rle import decode as decode_mask
 
 
@@ -72,7 +73,7 @@ def density_f1(precision, recall, n_gt, n_pred, n_persons) -> float:
 
 
 def reference_loop_summary(gt_rows: Iterable[Mapping], pred_rows: Iterable[Mapping]) -> dict:
-    """Same dict as ``evaluation.metric.ModelResult.summary()`` for a reference-mode evaluation."""
+    """Same dict as ``evaluation.metric_results.ModelResult.summary()`` for a reference-mode evaluation."""
     gt_rows = list(gt_rows)
     pred_rows = list(pred_rows)
     lookup = {str(row["id"]): row["extracted_predictions"] for row in pred_rows}
