@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_tools.prepare import PrepareOptions, jsonl_items, prepare
+from data_tools.row_job import PrepareOptions, jsonl_items, prepare
 from rexthinker.data.cot_tsv import CotTsvReader, write_cot_tsv
 from rexthinker.data.humanref import write_humanref
 from rexthinker.data.synthref import generate

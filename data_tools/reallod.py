@@ -41,7 +41,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_tools.prepare import Item, add_common_arguments, checked_options, format_summary, prepare
+from data_tools.row_args import add_common_arguments, checked_options
+from data_tools.row_job import Item, format_summary, prepare
 from rexthinker.data.errors import as_boxes
 
 HELP = "Real-LOD JSONL (positive / negative expressions per object group) -> GRPO parquet / HumanRef rows"

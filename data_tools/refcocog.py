@@ -31,7 +31,8 @@ import pickle
 from collections import defaultdict
 from pathlib import Path
 
-from data_tools.prepare import Item, add_common_arguments, checked_options, format_summary, prepare
+from data_tools.row_args import add_common_arguments, checked_options
+from data_tools.row_job import Item, format_summary, prepare
 from rexthinker.coords import xywh_to_xyxy
 from rexthinker.data.errors import DataError
 

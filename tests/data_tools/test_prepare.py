@@ -9,7 +9,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from data_tools import prepare as prep
+from data_tools import row_job as prep
 from data_tools.__main__ import main
 from rexthinker.coords import model_frame_size, to_model_frame
 from rexthinker.data.grpo_parquet import read_grpo_parquet
