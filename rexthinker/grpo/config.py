@@ -85,7 +85,6 @@ class TrainerConfig:
 class EvalConfig:
     enabled: bool = False
     num_samples: int = 200
-    batch_size: int = 32
     max_new_tokens: int = 1024
 
 

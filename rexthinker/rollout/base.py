@@ -26,7 +26,6 @@ class RolloutConfig:
     # return the sampler's log-prob of each token (Completion.logprobs); the GRPO learner recomputes
     # its own, and vLLM's per-token log-prob bookkeeping costs ~8% of CPU generation time, so off
     logprobs: bool = False
-    hf_batch_size: int = 16  # sequences per generate() call of the transformers backend
     # vLLM sleep mode: the engine frees its GPU memory (weights offloaded to CPU, KV cache dropped)
     # after each generation and wakes for the weight sync. auto: when colocated on GPUs; never on CPU.
     sleep: bool | Literal["auto"] = "auto"

@@ -15,6 +15,7 @@ truncated (a truncated trace teaches an answer-less output).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -31,9 +32,9 @@ from rexthinker.config import load_config, save_config, to_dict
 from rexthinker.data.sources import open_samples
 from rexthinker.models.load import check_model_path, load_policy
 from rexthinker.sft.config import SFTConfig
-from rexthinker.sft.data import SFTDataset, step_batches, steps_per_epoch
+from rexthinker.sft.data import SFTDataset, step_batches, step_loader, steps_per_epoch
 from rexthinker.train import checkpoint, dist
-from rexthinker.train.features import IGNORE, collate
+from rexthinker.train.features import IGNORE
 from rexthinker.train.learner import Learner
 from rexthinker.train.metrics import MetricLogger
 
@@ -106,14 +107,11 @@ class SFTRun:
         t = self.cfg.trainer
         pad_id = self.processor.tokenizer.pad_token_id
         batches = step_batches(len(self.dataset), t.seed, t.per_device_batch_size, t.grad_accum, dist.rank(), self.world)
-        for _ in range(self.step):  # skip what a resumed run already consumed (indices only)
-            next(batches)
+        plan = list(itertools.islice(batches, self.step, self.total_steps))  # a resumed run skips what it consumed
         bar = _progress(self.total_steps, self.step) if dist.is_main() else None
         fallback = None
-        while self.step < self.total_steps:
-            start = time.perf_counter()
-            epoch, _, micro_indices = next(batches)
-            micro = [collate([self.dataset[i] for i in idx], pad_id) for idx in micro_indices]
+        start = time.perf_counter()
+        for epoch, micro in step_loader(self.dataset, plan, pad_id, self.cfg.data.num_workers):
             skipped = sum(int(b["skipped"]) for b in micro)
             micro = [b for b in micro if "input_ids" in b]
             if not micro:  # every sample of this rank was too long: a zero-loss pass keeps ranks in step
@@ -152,6 +150,7 @@ class SFTRun:
                 bar.update(1)
             if t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps:
                 self.save()
+            start = time.perf_counter()
         if bar is not None:
             bar.close()
 

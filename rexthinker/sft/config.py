@@ -27,7 +27,7 @@ class DataConfig:
     template: str = "train"  # user-text variant, see rexthinker.contracts.hint.USER_TEMPLATES
     instruction: Literal["system", "user_suffix", "none"] = "system"
     max_length: int = 2048  # longer samples are skipped and counted, never truncated
-    num_workers: int = 0  # DataLoader workers building features
+    num_workers: int = 0  # processes building the next steps' features while this one trains (0: none)
 
 
 @dataclass

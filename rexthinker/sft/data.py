@@ -15,7 +15,7 @@ import torch
 
 from rexthinker.data.sample import RefSample
 from rexthinker.prompts import build_messages, pixel_limits, target_text
-from rexthinker.train.features import IGNORE, Features
+from rexthinker.train.features import IGNORE, Features, collate
 
 END_OF_TURN = "<|im_end|>\n"
 
@@ -78,3 +78,29 @@ def step_batches(num_samples: int, seed: int, micro: int, accum: int, rank: int,
 
 def steps_per_epoch(num_samples: int, micro: int, accum: int, world: int) -> int:
     return num_samples // (micro * accum * world)
+
+
+class StepFeatures(torch.utils.data.Dataset):
+    """Item ``i``: ``(epoch, [collated micro-batch dicts])`` of the ``i``-th planned optimizer step,
+    where ``plan`` holds :func:`step_batches` rows. Built by DataLoader workers ahead of the step."""
+
+    def __init__(self, dataset: SFTDataset, plan: list[tuple[int, int, list[list[int]]]], pad_id: int):
+        self.dataset, self.plan, self.pad_id = dataset, plan, pad_id
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> tuple[int, list[dict]]:
+        epoch, _, micro_indices = self.plan[i]
+        return epoch, [collate([self.dataset[j] for j in idx], self.pad_id) for idx in micro_indices]
+
+
+def _as_is(item):
+    return item
+
+
+def step_loader(dataset: SFTDataset, plan: list, pad_id: int, workers: int) -> torch.utils.data.DataLoader:
+    """The steps of ``plan`` in order; ``workers > 0`` builds their features in that many processes
+    (each a few steps ahead), 0 in this one. The batches do not depend on it."""
+    return torch.utils.data.DataLoader(StepFeatures(dataset, plan, pad_id), batch_size=None, shuffle=False,
+                                       num_workers=workers, collate_fn=_as_is)  # fmt: skip

@@ -100,6 +100,20 @@ def test_interrupted_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeyp
     resumed.cleanup()
 
 
+def test_feature_workers_give_the_same_run(make_cfg, tmp_path):
+    """data.num_workers builds the next steps' features in other processes; the steps are the same."""
+    weights, losses = [], []
+    for workers in (0, 2):
+        run = SFTRun(make_cfg("trainer.max_steps=3", f"data.num_workers={workers}", f"trainer.output_dir={tmp_path / str(workers)}"))
+        run.train()
+        weights.append({k: v.clone() for k, v in run.model.state_dict().items()})
+        losses.append([json.loads(line)["loss"] for line in (run.out / "metrics.jsonl").read_text().splitlines()])
+        run.cleanup()
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+
+
 @pytest.mark.vllm
 def test_sft_checkpoint_loads_and_generates_in_vllm(make_cfg):
     from rexthinker.convert.verify import check_vllm
