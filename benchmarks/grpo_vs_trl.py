@@ -118,7 +118,7 @@ class Workload:
         """The overrides of ``grpo_bench.yaml`` that both sides run with."""
         return [f"model.path={self.model}", f"data.train=[{self.data}]", f"algorithm.prompts_per_step={self.prompts}",
                 f"rollout.n={self.n}", f"rollout.max_new_tokens={self.max_new_tokens}",
-                f"trainer.total_steps={self.warmup + self.steps}", f"trainer.seed={self.seed}"]  # fmt: skip
+                f"trainer.max_steps={self.warmup + self.steps}", f"trainer.seed={self.seed}"]  # fmt: skip
 
     def config(self) -> GRPOConfig:
         return load_config(GRPOConfig, CONFIG, self.overrides)

@@ -6,18 +6,27 @@ sample, that the model really saw the image in the frame the hints were written 
 transformers through ``image_grid_thw`` (``W' = grid_w * 14``), vLLM through the number of image
 tokens it expanded; vLLM is told the processor's pixel limits with every request, so an engine built
 with other limits still resizes like the prompt builder.
+
+It is the one generation layer: every path that prompts a model (GRPO rollouts and evaluation, SFT
+features and evaluation, inference, the demo) renders its requests with :func:`render_request`,
+builds its vLLM engine from :func:`engine_settings` and sends :func:`resize_kwargs` with each
+request, so the prompts are identical by construction.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+from PIL import Image
 
 from rexthinker.coords import PATCH_FACTOR
 from rexthinker.data.sample import RefSample
 from rexthinker.prompts import PromptInfo, build_messages, pixel_limits
+from rexthinker.train.dist import resolve_dtype
 
 PATCH = 14  # vision patch size: image_grid_thw counts patches of this many pixels
 
@@ -54,12 +63,69 @@ def check_image_tokens(info: PromptInfo, count: int) -> None:
         )
 
 
-def render(samples: Sequence[RefSample], processor, template: str = "train", instruction: str = "system"):
+class Rendered(NamedTuple):
+    """One request as every engine receives it."""
+
+    sample: RefSample
+    info: PromptInfo
+    prompt: str  # the chat-template text, with one <|image_pad|> for the image
+    image: Image.Image  # the decoded image the prompt's hints were written for
+
+
+def render_request(sample: RefSample, processor, template: str = "train", instruction: str = "system",
+                   shuffle_seed: int | None = None) -> Rendered:  # fmt: skip
+    """``sample`` through the shared prompt builder at the processor's pixel limits, and the chat template."""
     lo, hi = pixel_limits(processor)
-    for sample in samples:
-        messages, info = build_messages(sample, lo, hi, template=template, instruction=instruction)
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        yield sample, info, prompt, messages[-1]["content"][0]["image"]
+    messages, info = build_messages(sample, lo, hi, template=template, instruction=instruction, shuffle_seed=shuffle_seed)
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return Rendered(sample, info, prompt, messages[-1]["content"][0]["image"])
+
+
+def render(samples: Sequence[RefSample], processor, template: str = "train", instruction: str = "system") -> list[Rendered]:
+    return [render_request(sample, processor, template, instruction) for sample in samples]
+
+
+def resize_kwargs(min_pixels: int, max_pixels: int) -> dict:
+    """vLLM's per-request ``mm_processor_kwargs`` that resize an image within these pixel limits."""
+    return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+
+
+def engine_settings(
+    model: str, *, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None, enforce_eager: bool | None = None,
+    tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None, cpu_kv_cache_gib: float = 1.0,
+    sleep: bool = False, extra: dict | None = None,
+) -> dict:  # fmt: skip
+    """The keyword arguments of ``vllm.LLM`` for a referring model: one image per prompt, ``dtype``
+    "auto" = bf16 on CUDA and fp32 on CPU, eager mode on CPU unless ``enforce_eager`` says otherwise,
+    the CPU backend's fixes below, then ``extra`` as given. None leaves vLLM's default."""
+    cuda = torch.cuda.is_available()
+    kwargs = dict(model=str(model), dtype=resolve_dtype(dtype), seed=seed, limit_mm_per_prompt={"image": 1, "video": 0},
+                  tensor_parallel_size=tensor_parallel_size, enforce_eager=not cuda if enforce_eager is None else enforce_eager)  # fmt: skip
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
+    if cuda:
+        if gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if tensor_parallel_size > 1 and os.environ.get("VLLM_RAY_BUNDLE_INDICES"):
+            kwargs["distributed_executor_backend"] = "ray"  # workers on the bundles the GRPO driver reserved
+    else:
+        # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded
+        # request's prefill is split across steps; unsplit prefills avoid that path.
+        kwargs["enable_chunked_prefill"] = False
+        # An explicit size, not vLLM's default share of RAM (0.92), which fails at start-up as
+        # soon as other processes (Ray, the learner, the page cache) hold more than 8% of it.
+        kwargs["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * 2**30)
+    if sleep:
+        kwargs["enable_sleep_mode"] = True
+    kwargs.update(extra or {})
+    return kwargs
+
+
+def new_engine(model: str, **settings):
+    """A ``vllm.LLM`` built from :func:`engine_settings`."""
+    from vllm import LLM
+
+    return LLM(**engine_settings(model, **settings))
 
 
 @torch.no_grad()
@@ -71,7 +137,7 @@ def hf_generate(
     """Batched, left-padded ``model.generate``; greedy unless ``do_sample``."""
     tokenizer = processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    rendered = list(render(samples, processor, template, instruction))
+    rendered = render(samples, processor, template, instruction)
     out: list[Generation] = []
     device = next(model.parameters()).device
     batches = range(0, len(rendered), batch_size)
@@ -82,17 +148,17 @@ def hf_generate(
     try:
         for start in batches:
             chunk = rendered[start : start + batch_size]
-            inputs = processor(text=[c[2] for c in chunk], images=[c[3] for c in chunk], padding=True, return_tensors="pt").to(device)
+            inputs = processor(text=[r.prompt for r in chunk], images=[r.image for r in chunk], padding=True, return_tensors="pt").to(device)
             kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens)
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p)
-            for (_, info, _, _), grid in zip(chunk, inputs["image_grid_thw"]):
-                check_grid(info, grid)
+            for r, grid in zip(chunk, inputs["image_grid_thw"]):
+                check_grid(r.info, grid)
             ids = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]
-            for (sample, info, prompt, _), row in zip(chunk, ids):
+            for r, row in zip(chunk, ids):
                 row = row[row != tokenizer.pad_token_id]
                 text = tokenizer.decode(row, skip_special_tokens=True)
-                out.append(Generation(sample, info, prompt, text, int(row.numel())))
+                out.append(Generation(r.sample, r.info, r.prompt, text, int(row.numel())))
     finally:
         tokenizer.padding_side = side
     return out
@@ -105,18 +171,14 @@ def vllm_generate(
     """One ``llm.generate`` call over all samples (vLLM batches internally). The prompt is text
     with a single ``<|image_pad|>`` per image; vLLM expands it itself, resizing with the pixel limits
     of ``processor`` (passed with each request)."""
-    rendered = list(render(samples, processor, template, instruction))
-    lo, hi = pixel_limits(processor)
-    resize = {"size": {"shortest_edge": lo, "longest_edge": hi}}
-    requests = [
-        {"prompt": prompt, "multi_modal_data": {"image": image}, "mm_processor_kwargs": resize}
-        for _, _, prompt, image in rendered
-    ]
+    rendered = render(samples, processor, template, instruction)
+    resize = resize_kwargs(*pixel_limits(processor))
+    requests = [{"prompt": r.prompt, "multi_modal_data": {"image": r.image}, "mm_processor_kwargs": resize} for r in rendered]
     results = llm.generate(requests, sampling_params, use_tqdm=progress)
     image_token = processor.image_token_id
     out = []
-    for (sample, info, prompt, _), result in zip(rendered, results):
-        check_image_tokens(info, sum(1 for t in result.prompt_token_ids if t == image_token))
+    for r, result in zip(rendered, results):
+        check_image_tokens(r.info, sum(1 for t in result.prompt_token_ids if t == image_token))
         completion = result.outputs[0]
-        out.append(Generation(sample, info, prompt, completion.text, len(completion.token_ids)))
+        out.append(Generation(r.sample, r.info, r.prompt, completion.text, len(completion.token_ids)))
     return out

@@ -31,8 +31,9 @@ from rexthinker.contracts.trace import Trace, parse_trace
 from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS, to_original_frame
 from rexthinker.data.sample import RefSample, encode_png
 from rexthinker.detect.base import Detector
-from rexthinker.generation import Generation, hf_generate, vllm_generate
+from rexthinker.generation import Generation, hf_generate, new_engine, vllm_generate
 from rexthinker.prompts import PromptInfo
+from rexthinker.train import dist
 from rexthinker.viz import ANSWER_COLOR, HINT_COLOR, MARK_COLORS, TEXT_COLOR, draw_mark, draw_marked_text, font, wrap_marked_text
 
 BACKENDS = ("vllm", "hf")
@@ -154,25 +155,13 @@ class Referrer:
         self.engine = engine if engine is not None else self._load(min_pixels, max_pixels, engine_kwargs or {}, seed)
 
     def _load(self, min_pixels: int, max_pixels: int, engine_kwargs: dict, seed: int):
-        import torch
-
-        cuda = torch.cuda.is_available()
         if self.backend == "hf":
             from transformers import AutoModelForImageTextToText
 
-            model = AutoModelForImageTextToText.from_pretrained(
-                self.model_path, dtype=torch.bfloat16 if cuda else torch.float32
-            )
-            return model.to("cuda" if cuda else "cpu").eval()
-        from vllm import LLM
-
-        kwargs = dict(
-            model=self.model_path, dtype="bfloat16" if cuda else "float32", limit_mm_per_prompt={"image": 1},
-            mm_processor_kwargs={"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}, seed=seed,
-            enforce_eager=not cuda,
-        )  # fmt: skip
-        kwargs.update(engine_kwargs)
-        return LLM(**kwargs)
+            model = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=dist.compute_dtype())
+            return model.to(dist.device()).eval()
+        # the pixel limits travel with each request (vllm_generate), so the engine needs none
+        return new_engine(self.model_path, seed=seed, extra=engine_kwargs)
 
     def generate(self, samples: Sequence[RefSample], progress: bool = False) -> list[Generation]:
         """Greedy completions for ``samples`` (HumanRef-style: candidate boxes are the hints)."""

@@ -13,15 +13,27 @@ GRPO stage trains on, so the numbers are the training objective's, measured on u
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rexthinker.generation import Generation
-from rexthinker.rewards import load_reward
+from rexthinker.rewards import RewardFn, load_reward
 
 DEFAULT_REWARD = "rewards/referring.py:compute_score"
 
 
-def score(generations: Sequence[Generation], reward: str = DEFAULT_REWARD) -> dict[str, float]:
-    fn = load_reward(reward)
+@dataclass
+class EvalConfig:
+    """The ``eval`` section of every training stage: greedy generations on ``data.val``."""
+
+    enabled: bool = False
+    num_samples: int = 200  # the first N samples of data.val
+    max_new_tokens: int = 1024
+
+
+def score(generations: Sequence[Generation], reward: str | RewardFn = DEFAULT_REWARD) -> dict[str, float]:
+    """The numbers above for ``generations``, scored by ``reward``: a ``path.py:function`` spec, or
+    a loaded :class:`~rexthinker.rewards.RewardFn` (the GRPO run's own, with its settings)."""
+    fn = load_reward(reward) if isinstance(reward, str) else reward
     scores = fn(
         [g.text for g in generations],
         solution_boxes=[g.info.answer_boxes for g in generations],

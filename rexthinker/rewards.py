@@ -27,8 +27,9 @@ instead. Failures that are the reward's, not a sample's, always raise: a result 
 samples on which every sample fails is a :class:`RewardFailedError` (a broken reward must not train
 on zeros).
 
-A :class:`RewardFn` pickles as its spec and config (it is shipped to Ray workers), and reloads the
-file where it is unpickled; a file that changed in between is refused.
+A :class:`RewardFn` pickles as its spec and config, and reloads the file where it is unpickled (a
+file that changed in between is refused), so a reward can be sent to other processes (a Ray actor or a
+process pool for an expensive reward). The GRPO driver and the evaluations call it in-process.
 """
 
 from __future__ import annotations

@@ -35,8 +35,9 @@ from pathlib import Path
 from rexthinker.data.cot_tsv import CotTsvReader
 from rexthinker.data.grpo_parquet import read_grpo_parquet
 from rexthinker.data.humanref import read_humanref
+from rexthinker.generation import render_request
 from rexthinker.models import tiny
-from rexthinker.prompts import build_messages, pixel_limits, target_text
+from rexthinker.prompts import pixel_limits, target_text
 from rexthinker.viz import render_grid
 
 SPLITS = ("train", "val", "test")
@@ -179,19 +180,19 @@ def show(data: Path, model_path: Path, out: Path, n_prompts: int) -> dict:
     grpo = read_grpo_parquet(data / "test" / "grpo" / "synthref.parquet", min_pixels=lo, max_pixels=hi)
     lines, prompt_tokens, target_tokens = ["# SynthRef: model input and target of a few test samples\n"], [], []
     for i, sample in enumerate(test):
-        messages, info = build_messages(sample, lo, hi)
-        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], images=[messages[-1]["content"][0]["image"]], return_tensors="pt")
-        target = target_text(sample, info)
+        request = render_request(sample, processor)
+        inputs = processor(text=[request.prompt], images=[request.image], return_tensors="pt")
+        target = target_text(sample, request.info)
         prompt_tokens.append(int(inputs["input_ids"].shape[1]))
         target_tokens.append(len(processor.tokenizer.encode(target, add_special_tokens=False)))
-        same = build_messages(cot[i], lo, hi)[1] == info and build_messages(grpo[i], lo, hi)[1] == info
+        others = [render_request(other, processor) for other in (cot[i], grpo[i])]
+        same = all((o.info, o.prompt) == (request.info, request.prompt) for o in others)
         if not same:
             raise SystemExit(f"sample {sample.id}: the three formats give different model inputs")
         if i < n_prompts:
             lines += [f"## {sample.id} ({sample.domain}/{sample.sub_domain})\n", "Model input (chat template applied; "
                       f"the image becomes {int(inputs['image_grid_thw'].prod()) // 4} image tokens):\n",
-                      "````text", text, "````\n", "Target:\n", "````text", target, "````\n"]  # fmt: skip
+                      "````text", request.prompt, "````\n", "Target:\n", "````text", target, "````\n"]  # fmt: skip
     (out / "prompts.md").write_text("\n".join(lines))
     return {
         "test_samples": len(test),
@@ -214,7 +215,7 @@ def grpo(console: Console, out: Path, start: Path, steps: int) -> Path:
     data = out / "synthref"
     cmd = [sys.executable, "-m", "rexthinker.grpo", "--config", "recipes/configs/grpo_demo.yaml", f"model.path={start}",
            f"data.train=[{data / 'train' / 'grpo' / 'synthref.parquet'}]", f"data.val=[{data / 'val' / 'cot' / 'synthref'}]",
-           f"trainer.output_dir={out / 'grpo'}", f"trainer.total_steps={steps}", "trainer.log_every=1"]  # fmt: skip
+           f"trainer.output_dir={out / 'grpo'}", f"trainer.max_steps={steps}", "trainer.log_every=1"]  # fmt: skip
     console.run(cmd, "grpo (evaluation, steps, evaluation)", steps, lambda: _last_step(out / "grpo" / "metrics.jsonl"))
     return out / "grpo" / "final"
 

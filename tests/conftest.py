@@ -22,11 +22,8 @@ def tiny_model_path():
 @pytest.fixture(scope="session")
 def tiny_vllm(tiny_model_path):
     """An fp32 vLLM engine on the tiny checkpoint, shared by every test that needs one."""
-    from vllm import LLM
+    from rexthinker.generation import new_engine
 
-    llm = LLM(
-        model=str(tiny_model_path), dtype="float32", max_model_len=2048, limit_mm_per_prompt={"image": 1},
-        seed=0, enforce_eager=True, max_num_seqs=8,
-    )  # fmt: skip
+    llm = new_engine(str(tiny_model_path), dtype="float32", max_model_len=2048, enforce_eager=True, extra={"max_num_seqs": 8})
     yield llm
     del llm

@@ -51,3 +51,15 @@ def test_baselines_per_domain():
     assert math.isclose(every["per_domain"]["position"]["accuracy_f1"], 0.8)
     assert none["per_domain"]["rejection"]["rejection_acc"] == 1.0
     assert "per_domain" not in quickeval.baselines(samples)["all_boxes"]
+
+
+def test_a_loaded_reward_scores_with_its_own_settings():
+    """GRPO evaluates with the reward it trains on (its kwargs included), not the default one."""
+    from rexthinker.rewards import load_reward
+
+    near = [4, 0, 14, 10]  # IoU 0.43 with the target: a miss for F1 at 0.5, partial credit for the soft term
+    gens = [generation("attribute", [HINTS[0]], [near])]
+    default = quickeval.score(gens)
+    shaped = quickeval.score(gens, load_reward(quickeval.DEFAULT_REWARD, soft_iou_weight=0.5))
+    assert shaped["accuracy_f1"] == default["accuracy_f1"] == 0.0
+    assert shaped["overall"] > default["overall"]

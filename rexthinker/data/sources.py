@@ -12,12 +12,25 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from rexthinker.data.cot_tsv import CotTsvReader, cot_paths
 from rexthinker.data.grpo_parquet import read_grpo_parquet
 from rexthinker.data.humanref import read_humanref
 from rexthinker.data.sample import RefSample
+
+
+@dataclass
+class DataConfig:
+    """The ``data`` section of every training stage."""
+
+    train: list[str] = field(default_factory=list)  # CoT TSV prefixes / *.annotations.tsv, HumanRef *.jsonl, GRPO *.parquet
+    val: list[str] = field(default_factory=list)
+    max_samples: int | None = None  # cap on training samples (after concatenation)
+    template: str = "train"  # user-text variant, see rexthinker.contracts.hint.USER_TEMPLATES
+    instruction: Literal["system", "user_suffix", "none"] = "system"
 
 
 class CotSamples(Sequence):
@@ -83,3 +96,18 @@ def open_samples(paths: list[str] | str, **kwargs) -> Sequence[RefSample]:
         raise ValueError("no data paths given")
     parts = [open_one(p, **kwargs) for p in paths]
     return parts[0] if len(parts) == 1 else Concat(parts)
+
+
+class Head(Sequence):
+    """The first ``n`` items of a sequence (all of them when it is shorter)."""
+
+    def __init__(self, items: Sequence, n: int):
+        self.items, self.n = items, min(n, len(items))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.items[i]

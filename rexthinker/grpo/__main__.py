@@ -14,31 +14,20 @@ pass is skipped.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from rexthinker.config import load_config
 from rexthinker.grpo.config import GRPOConfig
+from rexthinker.train import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rexthinker.grpo", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML file (recipes/configs/grpo*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(GRPOConfig, args.config, args.overrides)
+    def trainer(cfg: GRPOConfig):
+        from rexthinker.grpo.trainer import GRPOTrainer
 
-    from rexthinker.grpo.trainer import GRPOTrainer
+        return GRPOTrainer(cfg)
 
-    trainer = GRPOTrainer(cfg)
-    try:
-        trainer.evaluate("start")
-        trainer.fit()
-        trainer.finish()
-        trainer.evaluate("end")
-    finally:
-        trainer.cleanup()
-    return 0
+    return cli.main("rexthinker.grpo", GRPOConfig, trainer, argv, config_help="recipes/configs/grpo*.yaml",
+                    description=__doc__.splitlines()[0])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,29 +1,35 @@
 """The math of one GRPO step, on plain tensors: advantages, group filtering, KL, the clipped loss.
 
-No model, no distributed code: the trainer computes log-probs with :func:`token_logprobs`, calls
-these functions, and owns everything else. Shapes: ``N`` samples (one per completion), ``B``
-sequences in a (micro-)batch, ``T`` token positions, ``V`` vocabulary entries; ``mask`` marks the
-completion tokens that carry loss (bool or 0/1).
+No model, no distributed code. Shapes: ``N`` samples (one per completion), ``B`` sequences in a
+(micro-)batch, ``T`` token positions, ``V`` vocabulary entries; ``mask`` marks the completion
+tokens that carry loss (bool or 0/1).
 
-The reference recipe (contracts §6) maps onto these calls as::
+The step that runs: the driver (:mod:`rexthinker.grpo.trainer`) owns the first three lines (the
+learner ranks compute its ``sequence_kl``), each learner rank (:func:`rexthinker.grpo.update.update`)
+the loop::
 
-    adv = group_advantages(rewards, uids, mode="grpo")                   # (r - mean) / (unbiased std + 1e-6)
-    tokens, seqs = loss_normalisers(step_mask)                            # once per optimizer step
-    for micro in micro_batches:                                           # then once per micro-batch
-        pg, stats = policy_loss(lp, old_lp, adv, mask, clip_low=0.2, clip_high=0.3,
-                                agg="token-mean", global_tokens=tokens)
-        kl = aggregate(kl_penalty(lp, ref_lp, "low_var_kl"), mask, "token-mean", global_tokens=tokens)
-        (pg + 0.01 * kl).backward()
+    rewards = rewards - kl_coef * sequence_kl(lp, ref_lp, mask, kl_estimator)    # kl_mode=reward only
+    adv = group_advantages(rewards, uids, advantage)              # (r - mean) / (unbiased std + 1e-6)
+    keep, counts = filter_groups(rewards, uids)                   # filter_zero_variance only
+    for each optimizer step (ppo_epochs x mini_batches):
+        tokens, seqs = the step's masked tokens, and sequences with at least one, over all ranks
+        for micro in micro_batches:
+            lp, ent = token_logprobs(logits, ids), entropy_from_logits(logits)    # old_lp: before the update
+            norm = dict(global_tokens=tokens, global_seqs=seqs, loss_scale_tokens=max_new_tokens)
+            pg, stats = policy_loss(lp, old_lp, adv, mask, clip_low, clip_high, loss_agg, **norm)
+            kl = aggregate(kl_penalty(lp, ref_lp, kl_estimator), mask, loss_agg, **norm)   # kl_mode=loss only
+            (pg + kl_coef * kl - entropy_coef * aggregate(ent, mask, loss_agg, **norm)).backward()
+        optimizer step
 
 Passing the step's normalisers makes the summed micro-batch losses equal the full-batch loss, so
-the update does not depend on how the step is split. Across data-parallel ranks, count the
-normalisers over all ranks; a backend that averages gradients over ``W`` ranks then needs the
-loss multiplied by ``W`` (``Learner.grad_scale``).
+the update does not depend on how the step is split. Across data-parallel ranks they are counted
+over all ranks; a backend that averages gradients over ``W`` ranks then needs the loss multiplied
+by ``W`` (``Learner.grad_scale``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -89,22 +95,6 @@ def group_advantages(
     return (centred / (std[index] + eps)).to(out_dtype)
 
 
-def _flat_groups(rewards: Tensor, index: Tensor, groups: int, atol: float) -> Tensor:
-    """(G,) bool: the group's rewards span at most ``atol`` (max - min <= atol)."""
-    r = rewards.detach().to(torch.float64)
-    high = torch.full((groups,), -torch.inf, dtype=torch.float64, device=r.device).scatter_reduce(0, index, r, "amax")
-    low = torch.full((groups,), torch.inf, dtype=torch.float64, device=r.device).scatter_reduce(0, index, r, "amin")
-    return (high - low) <= atol
-
-
-def zero_variance_groups(rewards: Tensor, group_ids: Tensor | Sequence, atol: float = 1e-8) -> Tensor:
-    """(N,) bool: True for each sample whose group's rewards are all equal within ``atol``
-    (a single-sample group counts as equal). Such a group has no learning signal under GRPO."""
-    _check_rewards(rewards)
-    index, groups = _group_index(group_ids, rewards.numel(), rewards.device)
-    return _flat_groups(rewards, index, groups, atol)[index]
-
-
 def filter_groups(
     rewards: Tensor, group_ids: Tensor | Sequence, atol: float = 1e-8
 ) -> tuple[Tensor, dict[str, int]]:
@@ -116,7 +106,10 @@ def filter_groups(
     """
     _check_rewards(rewards)
     index, groups = _group_index(group_ids, rewards.numel(), rewards.device)
-    flat = _flat_groups(rewards, index, groups, atol)
+    r = rewards.detach().to(torch.float64)
+    high = torch.full((groups,), -torch.inf, dtype=torch.float64, device=r.device).scatter_reduce(0, index, r, "amax")
+    low = torch.full((groups,), torch.inf, dtype=torch.float64, device=r.device).scatter_reduce(0, index, r, "amin")
+    flat = (high - low) <= atol  # (G,): the group's rewards are all equal within atol
     keep = ~flat[index]
     counts = {
         "groups": groups,
@@ -125,21 +118,6 @@ def filter_groups(
         "samples_kept": int(keep.sum()),
     }
     return keep, counts
-
-
-def kl_as_reward_penalty(rewards: Tensor, kl: Tensor, mask: Tensor, coef: float) -> Tensor:
-    """KL as a reward penalty (the alternative to the KL loss term), applied before advantages.
-
-    ``kl`` (B, T) is a per-token estimate (usually ``kl_penalty(..., "k1")``) and is not
-    differentiated. Sequence rewards (B,) lose ``coef * sum_t kl`` over the masked tokens;
-    per-token rewards (B, T) lose ``coef * kl`` at each masked token.
-    """
-    penalty = torch.where(mask.bool(), kl.detach(), 0.0)
-    if rewards.dim() == 1 and rewards.shape[0] == kl.shape[0]:
-        return rewards - coef * penalty.sum(-1).to(rewards.dtype)
-    if rewards.shape == kl.shape:
-        return rewards - coef * penalty.to(rewards.dtype)
-    raise ValueError(f"rewards {tuple(rewards.shape)} must be (B,) or (B, T) for kl {tuple(kl.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,56 +156,34 @@ def kl_penalty(
     raise ValueError(f"unknown KL estimator {estimator!r}; expected one of k1, k2, k3, low_var_kl")
 
 
-def _over_time_chunks(fn: Callable[..., Tensor], chunk: int | None, *tensors: Tensor) -> Tensor:
-    """Apply ``fn`` to slices of at most ``chunk`` positions along dim 1 and concatenate."""
-    steps = tensors[0].shape[1]
-    if chunk is None or chunk >= steps:
-        return fn(*tensors)
-    if chunk < 1:
-        raise ValueError(f"chunk must be a positive number of positions, got {chunk}")
-    return torch.cat([fn(*(t[:, s : s + chunk] for t in tensors)) for s in range(0, steps, chunk)], dim=1)
+def sequence_kl(logprob: Tensor, ref_logprob: Tensor, mask: Tensor, estimator: KLEstimator = "low_var_kl") -> Tensor:
+    """(B,) KL(pi || pi_ref) of each sequence: the per-token :func:`kl_penalty` summed over its
+    masked tokens, not differentiated. ``kl_mode=reward`` subtracts ``kl_coef`` times this from the
+    sequence's reward before advantages (the alternative to the KL loss term)."""
+    return torch.where(mask.bool(), kl_penalty(logprob, ref_logprob, estimator).detach(), 0.0).sum(-1)
 
 
-def _logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """(B, T) float32 log-prob of ``tokens`` (B, T) under ``logits`` (B, T, V), any float dtype.
+    ``logits[:, t]`` must already be the distribution that scored ``tokens[:, t]`` (shift before
+    calling)."""
+    if logits.shape[:-1] != tokens.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}")
     x = logits.float()
     # log_softmax(x)[y] == x[y] - logsumexp(x): the same value without a second (B, T, V) tensor
     return x.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
 
 
-def _entropy(logits: Tensor) -> Tensor:
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """(B, T) float32 entropy ``-sum_v p log p`` of the softmax of ``logits`` (B, T, V); stable for
+    large and ``-inf`` logits."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     p = logp.exp()
     return -torch.where(p > 0, p * logp, 0.0).sum(-1)  # 0 * log 0 = 0 for -inf logits
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor, chunk: int | None = None) -> Tensor:
-    """(B, T) float32 log-prob of ``tokens`` (B, T) under ``logits`` (B, T, V), any float dtype.
-
-    ``logits[:, t]`` must already be the distribution that scored ``tokens[:, t]`` (shift before
-    calling). ``chunk`` computes at most that many positions at a time: it bounds the float32
-    temporaries of a no-grad pass (old / reference log-probs); under autograd the saved tensors of
-    every chunk are kept, so it does not lower the backward's memory.
-    """
-    if logits.shape[:-1] != tokens.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}")
-    return _over_time_chunks(_logprobs, chunk, logits, tokens)
-
-
-def entropy_from_logits(logits: Tensor, chunk: int | None = None) -> Tensor:
-    """(B, T) float32 entropy ``-sum_v p log p`` of the softmax of ``logits`` (B, T, V); stable for
-    large and ``-inf`` logits. ``chunk`` as in :func:`token_logprobs`."""
-    return _over_time_chunks(_entropy, chunk, logits)
-
-
 # ---------------------------------------------------------------------------------------------
 # Loss aggregation and the clipped surrogate
-
-
-def loss_normalisers(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """The counts to pass as ``global_tokens`` / ``global_seqs``: masked tokens, and sequences with
-    at least one masked token, of the whole step's mask (B, T). Sum them over data-parallel ranks."""
-    m = mask.bool()
-    return m.sum(), m.any(dim=-1).sum()
 
 
 def _denominator(value: Count | None, local: Tensor, like: Tensor) -> Tensor:
@@ -252,9 +208,10 @@ def aggregate(
       response length); None uses this batch's ``T``, which varies with padding.
 
     ``tokens`` / ``seqs`` are ``global_tokens`` / ``global_seqs`` when given (the whole step's
-    counts, see :func:`loss_normalisers`), so that the losses of a step's micro-batches sum to the
-    loss of the full batch; when None, this batch's own counts. Only sequences with at least one
-    masked token count as sequences. Masked positions never reach the result, even if inf or NaN.
+    counts of masked tokens and of sequences with at least one, over all ranks), so that the
+    losses of a step's micro-batches sum to the loss of the full batch; when None, this batch's
+    own counts. Only sequences with at least one masked token count as sequences. Masked positions
+    never reach the result, even if inf or NaN.
     """
     if per_token.shape != mask.shape or per_token.dim() != 2:
         raise ValueError(f"per_token {tuple(per_token.shape)} and mask {tuple(mask.shape)} must both be (B, T)")

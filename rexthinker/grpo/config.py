@@ -1,4 +1,6 @@
-"""The GRPO config schema. Values live in ``recipes/configs/grpo*.yaml``; see ``rexthinker.config``."""
+"""The GRPO config schema. Values live in ``recipes/configs/grpo*.yaml``; see ``rexthinker.config``.
+The sections every stage shares live beside their components (model, data, trainer, eval); GRPO adds
+its own settings to them here. Evaluation scores with the ``reward`` section, the reward it trains on."""
 
 from __future__ import annotations
 
@@ -6,27 +8,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rexthinker.config import ConfigError
+from rexthinker.data.sources import DataConfig
+from rexthinker.models.load import ModelConfig
+from rexthinker.quickeval import EvalConfig
 from rexthinker.rollout.base import RolloutConfig
+from rexthinker.train.cli import TrainerConfig
 from rexthinker.train.learner import LearnerConfig, OptimConfig
 
 
 @dataclass
-class ModelConfig:
-    path: str = ""  # the policy to start from (an SFT or Rex-Thinker checkpoint)
-    freeze_vision: bool = True
-    freeze_projector: bool = True
-    min_pixels: int | None = None  # None keeps the checkpoint processor's limits
-    max_pixels: int | None = None
-    attn_implementation: str = "sdpa"
-
-
-@dataclass
-class DataConfig:
-    train: list[str] = field(default_factory=list)  # GRPO parquet, HumanRef jsonl, HumanRef-CoT prefixes
-    val: list[str] = field(default_factory=list)
-    max_samples: int | None = None
-    template: str = "train"
-    instruction: Literal["system", "user_suffix", "none"] = "system"
+class GRPODataConfig(DataConfig):
     shuffle_hints: bool = False  # the paper's per-sample hint-order shuffling
 
 
@@ -67,38 +58,23 @@ class ResourcesConfig:
 
 
 @dataclass
-class TrainerConfig:
+class GRPOTrainerConfig(TrainerConfig):
     output_dir: str = "outputs/grpo"
-    total_steps: int | None = None  # None: epochs x steps per epoch
-    epochs: float = 1.0
-    seed: int = 1
-    log_every: int = 1
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    resume: bool = True
-    sample_table_every: int = 10  # log a table of generations every K steps
-    report_to: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard", "wandb"])
     run_name: str = "grpo"
-
-
-@dataclass
-class EvalConfig:
-    enabled: bool = False
-    num_samples: int = 200
-    max_new_tokens: int = 1024
+    sample_table_every: int = 10  # log a table of generations every K steps
 
 
 @dataclass
 class GRPOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: GRPODataConfig = field(default_factory=GRPODataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-6, scheduler="constant", warmup_ratio=0.0))
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: GRPOTrainerConfig = field(default_factory=GRPOTrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:

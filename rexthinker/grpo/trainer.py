@@ -26,11 +26,13 @@ import numpy as np
 import torch
 
 from rexthinker.config import save_config, to_dict
-from rexthinker.data.sources import open_samples
+from rexthinker.coords import PATCH_FACTOR
+from rexthinker.data.sources import Head, open_samples
+from rexthinker.generation import render_request
 from rexthinker.grpo import algorithm as A
 from rexthinker.grpo.config import GRPOConfig
 from rexthinker.models.load import check_model_path, set_pixel_limits
-from rexthinker.prompts import build_messages, pixel_limits
+from rexthinker.prompts import pixel_limits
 from rexthinker.rewards import load_reward
 from rexthinker.rollout.base import Request
 from rexthinker.train import checkpoint
@@ -100,7 +102,7 @@ def plan_placement(ranks: int, engines: int, gpus: bool, colocate: bool, tensor_
 class RankBatch:
     """One learner rank's share of a step: ``indices`` of the responses it trains on, the prompts
     they need, the responses re-indexed onto those prompts, and ``padding`` extra responses (a rank
-    with no response of its own replays one with no weight, see PolicyWorker)."""
+    with no response of its own gets one to run, weightless, see PolicyWorker)."""
 
     indices: list[int]
     prompts: list
@@ -163,7 +165,7 @@ class GRPOTrainer:
         per_epoch = len(self.samples) // cfg.algorithm.prompts_per_step
         if per_epoch == 0:
             raise SystemExit(f"{len(self.samples)} samples cannot fill one step of {cfg.algorithm.prompts_per_step} prompts")
-        self.total_steps = cfg.trainer.total_steps or max(1, math.ceil(cfg.trainer.epochs * per_epoch))
+        self.total_steps = cfg.trainer.max_steps or max(1, math.ceil(cfg.trainer.epochs * per_epoch))
         self.per_epoch = per_epoch
         self.step = 0
         self.out.mkdir(parents=True, exist_ok=True)
@@ -255,11 +257,9 @@ class GRPOTrainer:
         requests, infos = [], []
         for i, sample in enumerate(samples):
             shuffle = _seed(self.cfg.trainer.seed, step, i, 7) if self.cfg.data.shuffle_hints else None
-            messages, info = build_messages(sample, self.min_pixels, self.max_pixels, template=self.cfg.data.template,
-                                            instruction=self.cfg.data.instruction, shuffle_seed=shuffle)  # fmt: skip
-            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            requests.append(Request(text, messages[-1]["content"][0]["image"], _seed(seed_base, step, i)))
-            infos.append(info)
+            r = render_request(sample, self.processor, self.cfg.data.template, self.cfg.data.instruction, shuffle_seed=shuffle)
+            requests.append(Request(r.prompt, r.image, _seed(seed_base, step, i)))
+            infos.append(r.info)
         return requests, infos
 
     def _generate(self, requests, n):
@@ -301,8 +301,8 @@ class GRPOTrainer:
         prompts = [(r.prompt, r.image) for r in requests]
         responses = [(g, c.token_ids) for g, c in zip(group_ids, completions)]
         # Sequence cost for splitting over learner ranks: response tokens plus an estimate of the
-        # prompt's (one image token per 28 x 28 pixels of the model frame, ~4 characters a token).
-        prompt_tokens = [info.model_size[0] * info.model_size[1] / 784 + len(r.prompt) / 4 for r, info in zip(requests, infos)]
+        # prompt's (one image token per PATCH_FACTOR x PATCH_FACTOR pixels of the model frame, ~4 characters a token).
+        prompt_tokens = [info.model_size[0] * info.model_size[1] / PATCH_FACTOR**2 + len(r.prompt) / 4 for r, info in zip(requests, infos)]
         costs = [prompt_tokens[g] + len(ids) for g, ids in responses]
 
         if alg.kl_coef > 0 and alg.kl_mode == "reward":
@@ -322,7 +322,8 @@ class GRPOTrainer:
         if kept:
             with self.timed(metrics, "update"):
                 parts = rank_batches(prompts, [responses[i] for i in kept], [costs[i] for i in kept], len(self.learners), alg.share_prompts)
-                futures = [learner.train_step.remote(b.prompts, b.responses, [float(advantages[kept[i]]) for i in b.indices] + [0.0] * b.padding,
+                kept_adv = advantages[keep]  # a rank's padding responses get 0 and are weightless there
+                futures = [learner.train_step.remote(b.prompts, b.responses, torch.cat([kept_adv[b.indices], kept_adv.new_zeros(b.padding)]),
                                                      self.step, b.padding) for learner, b in zip(self.learners, parts)]  # fmt: skip
                 metrics.update(merge_rank_metrics(ray.get(futures)))
             with self.timed(metrics, "sync"):
@@ -425,7 +426,7 @@ class GRPOTrainer:
 
     def evaluate(self, tag: str) -> dict | None:
         """Greedy generations on ``data.val`` through the rollout engine (current weights), scored
-        with the default reward (rexthinker.quickeval)."""
+        with the reward this run trains on (rexthinker.quickeval)."""
         import ray
 
         from rexthinker import quickeval
@@ -435,12 +436,12 @@ class GRPOTrainer:
         if not e.enabled:
             return None
         val = open_samples(self.cfg.data.val, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
-        val = [val[i] for i in range(min(e.num_samples, len(val)))]
+        val = Head(val, e.num_samples)
         requests, infos = self.build_requests(val, 0, 0)
         start = time.perf_counter()
         outs = ray.get(self.rollouts[0].generate_greedy.remote(requests, e.max_new_tokens))
         gens = [Generation(s, info, r.prompt, c.text, len(c.token_ids)) for s, info, r, c in zip(val, infos, requests, outs)]
-        result = quickeval.score(gens)
+        result = quickeval.score(gens, self.reward)
         result["generate_s"] = time.perf_counter() - start
         (self.out / f"eval_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
         self.logger.log(self.step, {f"eval_{tag}/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
@@ -450,7 +451,6 @@ class GRPOTrainer:
 
     def cleanup(self) -> None:
         import ray
-
         from ray.util.placement_group import remove_placement_group
 
         self.logger.close()

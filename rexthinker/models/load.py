@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` section of every training stage."""
+
+    path: str = ""  # a Hugging Face folder (or hub id on machines with a hub): the policy to start from
+    freeze_vision: bool = True  # vision blocks + patch embedding
+    freeze_projector: bool = True  # the patch merger feeding the language model
+    freeze_llm: bool = False  # the language model and its head
+    min_pixels: int | None = None  # override the processor's limits (the reference used 16*28*28 ..)
+    max_pixels: int | None = None  # (.. 1280*28*28); None keeps the checkpoint's processor values
+    attn_implementation: str = "sdpa"
 
 
 def check_model_path(path: str) -> None:
@@ -27,21 +41,24 @@ def check_model_path(path: str) -> None:
         ) from None
 
 
-def load_policy(path: str, *, freeze_vision: bool = True, freeze_projector: bool = True, freeze_llm: bool = False,
-                min_pixels: int | None = None, max_pixels: int | None = None, attn_implementation: str = "sdpa"):  # fmt: skip
-    """``(model, processor)``; the model in fp32 (the learner casts it), frozen parts without grad.
+def load_policy(path: str, cfg: ModelConfig | None = None):
+    """``(model, processor)`` of the checkpoint at ``path`` with the settings of ``cfg`` (its pixel
+    limits, attention and frozen parts; defaults when None); the model in fp32 (the learner casts it),
+    frozen parts without grad. ``path`` is given apart from ``cfg.path`` because a run also loads its
+    current weights from elsewhere (rollout engines, the reference model).
 
     A path that does not exist, or a folder that does not load, fails with a message naming it."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    cfg = cfg or ModelConfig()
     check_model_path(path)
     try:
         processor = AutoProcessor.from_pretrained(path)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation=attn_implementation)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"cannot load model.path {path!r}: {exc}") from None
-    set_pixel_limits(processor, min_pixels, max_pixels)
-    freeze(model, freeze_vision=freeze_vision, freeze_projector=freeze_projector, freeze_llm=freeze_llm)
+    set_pixel_limits(processor, cfg.min_pixels, cfg.max_pixels)
+    freeze(model, freeze_vision=cfg.freeze_vision, freeze_projector=cfg.freeze_projector, freeze_llm=cfg.freeze_llm)
     return model, processor
 
 

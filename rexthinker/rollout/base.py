@@ -67,12 +67,6 @@ def forbidden_token_ids(tokenizer) -> list[int]:
     return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
 
 
-def resolve_dtype(dtype: str) -> str:
-    if dtype == "auto":
-        return "bfloat16" if torch.cuda.is_available() else "float32"
-    return dtype
-
-
 def sleep_enabled(setting: bool | str, colocated_on_gpu: bool, cuda: bool) -> bool:
     """Whether a vLLM engine sleeps between generations. ``"auto"``: when it shares its GPU with the
     learner (``resources.colocate`` with GPUs); ``True``: whenever CUDA is there; never without

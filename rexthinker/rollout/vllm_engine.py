@@ -19,12 +19,12 @@ Facts this relies on (measured with vLLM 0.32, see dev/LOG.md):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import torch
 
-from rexthinker.rollout.base import Completion, Request, RolloutConfig, resolve_dtype
+from rexthinker.generation import new_engine, resize_kwargs
+from rexthinker.rollout.base import Completion, Request, RolloutConfig
 
 
 def _refresh_tied_head(worker) -> bool:
@@ -51,30 +51,11 @@ class VLLMRollout:
         """``pixel_limits`` (min, max) make vLLM resize images exactly like the learner's processor
         when the run overrides the checkpoint's limits. ``sleep`` builds the engine with sleep mode
         and frees its GPU memory after every generation (a learner shares the GPU)."""
-        from vllm import LLM
-
         self.cfg, self.forbidden, self.sleeps = cfg, list(forbidden or []), sleep
-        self.mm_kwargs = {"size": {"shortest_edge": pixel_limits[0], "longest_edge": pixel_limits[1]}} if pixel_limits else None
-        kwargs = dict(
-            model=str(model_path), dtype=resolve_dtype(cfg.dtype), max_model_len=cfg.max_model_len, seed=seed,
-            limit_mm_per_prompt={"image": 1, "video": 0}, tensor_parallel_size=cfg.tensor_parallel_size,
-            enforce_eager=cfg.enforce_eager,
-        )  # fmt: skip
-        if torch.cuda.is_available():
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-            if cfg.tensor_parallel_size > 1 and os.environ.get("VLLM_RAY_BUNDLE_INDICES"):
-                kwargs["distributed_executor_backend"] = "ray"  # workers on the bundles the GRPO driver reserved
-        else:
-            # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded
-            # request's prefill is split across steps; unsplit prefills avoid that path.
-            kwargs["enable_chunked_prefill"] = False
-            # An explicit size, not vLLM's default share of RAM (0.92), which fails at start-up as
-            # soon as other processes (Ray, the learner, the page cache) hold more than 8% of it.
-            kwargs["kv_cache_memory_bytes"] = int(cfg.cpu_kv_cache_gib * 2**30)
-        if sleep:
-            kwargs["enable_sleep_mode"] = True
-        kwargs.update(cfg.extra)
-        self.llm = LLM(**kwargs)
+        self.mm_kwargs = resize_kwargs(*pixel_limits) if pixel_limits else None
+        self.llm = new_engine(model_path, seed=seed, dtype=cfg.dtype, max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager,
+                              tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                              cpu_kv_cache_gib=cfg.cpu_kv_cache_gib, sleep=sleep, extra=cfg.extra)  # fmt: skip
 
     # --- sleep mode ----------------------------------------------------------------------------
     def sleep(self) -> None:

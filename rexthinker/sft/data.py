@@ -14,19 +14,17 @@ import numpy as np
 import torch
 
 from rexthinker.data.sample import RefSample
-from rexthinker.prompts import build_messages, pixel_limits, target_text
+from rexthinker.generation import render_request
+from rexthinker.prompts import target_text
 from rexthinker.train.features import IGNORE, Features, collate
 
 END_OF_TURN = "<|im_end|>\n"
 
 
 def build_features(sample: RefSample, processor, template: str = "train", instruction: str = "system") -> Features:
-    lo, hi = pixel_limits(processor)
-    messages, info = build_messages(sample, lo, hi, template=template, instruction=instruction)
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    image = messages[-1]["content"][0]["image"]
-    enc = processor(text=[prompt], images=[image], return_tensors="pt")
-    target_ids = processor.tokenizer(target_text(sample, info) + END_OF_TURN, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    request = render_request(sample, processor, template, instruction)
+    enc = processor(text=[request.prompt], images=[request.image], return_tensors="pt")
+    target_ids = processor.tokenizer(target_text(sample, request.info) + END_OF_TURN, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     prompt_ids = enc["input_ids"][0]
     return Features(
         input_ids=torch.cat([prompt_ids, target_ids]),
@@ -101,6 +99,8 @@ def _as_is(item):
 
 def step_loader(dataset: SFTDataset, plan: list, pad_id: int, workers: int) -> torch.utils.data.DataLoader:
     """The steps of ``plan`` in order; ``workers > 0`` builds their features in that many processes
-    (each a few steps ahead), 0 in this one. The batches do not depend on it."""
-    return torch.utils.data.DataLoader(StepFeatures(dataset, plan, pad_id), batch_size=None, shuffle=False,
-                                       num_workers=workers, collate_fn=_as_is)  # fmt: skip
+    (each a few steps ahead), 0 in this one. The batches do not depend on it. Workers are spawned,
+    not forked: a fork of a process whose thread pools already ran (a vLLM engine, torch's
+    OpenMP) can hang in the child."""
+    return torch.utils.data.DataLoader(StepFeatures(dataset, plan, pad_id), batch_size=None, shuffle=False, num_workers=workers,
+                                       collate_fn=_as_is, multiprocessing_context="spawn" if workers else None)  # fmt: skip

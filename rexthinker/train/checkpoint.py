@@ -82,7 +82,8 @@ def commit(tmp: Path, trainer_state: dict, keep: int | None = None) -> Path:
         (final / "COMPLETE").write_text("ok\n")
         if keep:
             for _, old in step_dirs(tmp.parent)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                if old != final:  # never the one just written, though an earlier run here may have got further
+                    shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
 

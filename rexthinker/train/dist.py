@@ -37,6 +37,17 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def compute_dtype() -> torch.dtype:
+    """What ``"auto"`` means for every dtype setting (learner precision, rollout, inference and
+    evaluation engines): bf16 on CUDA, fp32 on CPU."""
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def resolve_dtype(name: str) -> str:
+    """A dtype name for vLLM or transformers, with ``"auto"`` replaced by :func:`compute_dtype`'s."""
+    return str(compute_dtype()).removeprefix("torch.") if name == "auto" else name
+
+
 _OWNED = False  # whether init() created the default group (so cleanup() may destroy it)
 
 

@@ -50,9 +50,7 @@ class LearnerConfig:
 
 
 def resolve_precision(precision: str) -> torch.dtype:
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    return dist.compute_dtype() if precision == "auto" else {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):

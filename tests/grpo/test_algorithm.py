@@ -21,6 +21,13 @@ IDS = ["a", "c", "a", "b", "c", "d", "a", "d"]
 REWARDS = [1.0, 0.3, 0.0, 0.7, 0.3, 1.0, 0.5, 0.0]
 
 
+def zero_variance_groups(rewards, group_ids, atol=1e-8):
+    """(N,) bool: the samples whose group's rewards are all equal within ``atol``, the ones
+    :func:`alg.filter_groups` drops."""
+    keep, _ = alg.filter_groups(rewards, group_ids, atol)
+    return ~keep
+
+
 def test_grpo_advantages_use_the_unbiased_std_per_group():
     adv = alg.group_advantages(torch.tensor(REWARDS), IDS, mode="grpo")
     # a: mean 0.5, deviations ±0.5 / 0, std = sqrt(0.5 / 2) = 0.5 -> ±0.5 / (0.5 + 1e-6) = ±0.999998
@@ -66,7 +73,7 @@ def test_advantages_are_finite_and_centred_in_every_group(rows):
         assert torch.isfinite(adv).all()
         for g in set(ids):
             assert abs(sum(a for a, i in zip(adv.tolist(), ids) if i == g)) < 1e-9
-    flat = alg.zero_variance_groups(rewards, ids)
+    flat = zero_variance_groups(rewards, ids)
     assert (alg.group_advantages(rewards, ids)[flat] == 0).all()
 
 
@@ -77,7 +84,7 @@ def test_filter_groups_mixed():
     keep, counts = alg.filter_groups(torch.tensor(REWARDS), IDS)
     # a and d vary; b (single sample) and c (constant) carry no signal
     assert keep.tolist() == [True, False, True, False, False, True, True, True]
-    assert alg.zero_variance_groups(torch.tensor(REWARDS), IDS).tolist() == (~keep).tolist()
+    assert zero_variance_groups(torch.tensor(REWARDS), IDS).tolist() == (~keep).tolist()
     assert counts == {"groups": 4, "groups_kept": 2, "samples": 8, "samples_kept": 5}
 
 
@@ -97,8 +104,8 @@ def test_filter_groups_when_none_is_filtered():
 def test_float_noise_within_atol_counts_as_equal():
     rewards = torch.tensor([0.3, 0.1 + 0.2, 1.0, 1.0 + 5e-9, 1.0, 1.0 + 1e-7], dtype=torch.float64)
     ids = [0, 0, 1, 1, 2, 2]  # 0.1 + 0.2 = 0.30000000000000004; 5e-9 < atol = 1e-8 < 1e-7
-    assert alg.zero_variance_groups(rewards, ids).tolist() == [True, True, True, True, False, False]
-    assert alg.zero_variance_groups(rewards, ids, atol=1e-6).all()
+    assert zero_variance_groups(rewards, ids).tolist() == [True, True, True, True, False, False]
+    assert zero_variance_groups(rewards, ids, atol=1e-6).all()
 
 
 # --- KL estimators -------------------------------------------------------------------------------
@@ -142,14 +149,12 @@ def test_low_var_kl_clamps_huge_log_ratios():
     torch.testing.assert_close(wide, torch.tensor([19.0, 485165174.4, 485165174.4]), rtol=1e-6, atol=1e-6)
 
 
-def test_kl_as_reward_penalty():
-    kl = torch.tensor([[0.1, 0.2, 9.0], [0.5, -0.1, 0.4]])
+def test_sequence_kl_penalises_each_reward_by_its_masked_tokens():
+    kl = torch.tensor([[0.1, 0.2, 9.0], [0.5, -0.1, 0.4]])  # k1 against a zero reference: the values themselves
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     # sequence rewards: 1 - 0.5 * (0.1 + 0.2) = 0.85; 2 - 0.5 * (0.5 - 0.1 + 0.4) = 1.6
-    out = alg.kl_as_reward_penalty(torch.tensor([1.0, 2.0]), kl, mask, coef=0.5)
+    out = torch.tensor([1.0, 2.0]) - 0.5 * alg.sequence_kl(kl, torch.zeros(2, 3), mask, "k1")
     torch.testing.assert_close(out, torch.tensor([0.85, 1.6]))
-    per_token = alg.kl_as_reward_penalty(torch.zeros(2, 3), kl, mask, coef=0.5)
-    torch.testing.assert_close(per_token, torch.tensor([[-0.05, -0.1, 0.0], [-0.25, 0.05, -0.2]]))
 
 
 # --- the clipped surrogate -----------------------------------------------------------------------
@@ -247,7 +252,7 @@ def test_micro_batch_losses_sum_to_the_full_batch_loss(agg):
     rng, gen = random.Random(agg), torch.Generator().manual_seed(0)
     for _ in range(40):
         logprob, old, adv, mask = _random_step(rng, gen)
-        tokens, seqs = alg.loss_normalisers(mask)
+        tokens, seqs = mask.sum(), mask.any(dim=-1).sum()  # the step's normalisers
         norm = {"global_tokens": tokens, "global_seqs": seqs, "loss_scale_tokens": 9}
         full_lp = logprob.clone().requires_grad_(True)
         full, _ = alg.policy_loss(full_lp, old, adv, mask, agg=agg, **norm)
@@ -305,15 +310,12 @@ def test_token_logprobs_hand_computed():
         alg.token_logprobs(logits, torch.tensor([[1, 0, 1]]))
 
 
-def test_chunked_equals_unchunked():
+def test_token_logprobs_equal_log_softmax_and_their_gradient():
     gen = torch.Generator().manual_seed(1)
     logits = 4 * torch.randn(3, 11, 50, generator=gen)
     tokens = torch.randint(0, 50, (3, 11), generator=gen)
-    whole_lp, whole_h = alg.token_logprobs(logits, tokens), alg.entropy_from_logits(logits)
+    whole_lp = alg.token_logprobs(logits, tokens)
     torch.testing.assert_close(whole_lp, torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0])
-    for chunk in (1, 4, 11, 64):
-        torch.testing.assert_close(alg.token_logprobs(logits, tokens, chunk=chunk), whole_lp, atol=1e-6, rtol=0)
-        torch.testing.assert_close(alg.entropy_from_logits(logits, chunk=chunk), whole_h, atol=1e-6, rtol=0)
     leaf = logits.clone().requires_grad_(True)
-    alg.token_logprobs(leaf, tokens, chunk=4).sum().backward()
+    alg.token_logprobs(leaf, tokens).sum().backward()
     torch.testing.assert_close(leaf.grad.sum(-1), torch.zeros(3, 11), atol=1e-5, rtol=0)  # softmax rows sum to 1

@@ -42,7 +42,7 @@ def make_cfg(tiny_model_path, data, out, *extra) -> GRPOConfig:
         f"model.path={tiny_model_path}", f"data.train=[{data}]", f"trainer.output_dir={out}",
         f"reward.function={PLUGINS}:length_score", "algorithm.prompts_per_step=2", "rollout.n=4",
         "rollout.max_new_tokens=16", "rollout.max_model_len=1024", "rollout.enforce_eager=true",
-        "optim.lr=1e-3", "trainer.total_steps=2", "trainer.save_every=0", "trainer.report_to=[jsonl]",
+        "optim.lr=1e-3", "trainer.max_steps=2", "trainer.save_every=0", "trainer.report_to=[jsonl]",
         "learner.strategy=single", "learner.precision=fp32", "trainer.sample_table_every=1",
     ]  # fmt: skip
     return load_config(GRPOConfig, "recipes/configs/grpo_demo.yaml", overrides + ["eval.enabled=false", *extra])
@@ -84,7 +84,7 @@ def test_two_steps_through_ray_with_vllm_change_the_policy(tiny_model_path, grpo
 
 
 def test_a_reward_that_raises_on_some_samples_scores_them_zero(tiny_model_path, grpo_data, tmp_path):
-    cfg = make_cfg(tiny_model_path, grpo_data, tmp_path / "flaky", f"reward.function={PLUGINS}:Flaky", "trainer.total_steps=1")
+    cfg = make_cfg(tiny_model_path, grpo_data, tmp_path / "flaky", f"reward.function={PLUGINS}:Flaky", "trainer.max_steps=1")
     trainer, _ = run(cfg)
     errors = trainer.reward.errors
     assert 0 < errors.failed < 8  # some of the 2 x 4 samples scored 0 and were reported, the rest scored
@@ -96,16 +96,16 @@ def test_a_reward_that_raises_on_some_samples_scores_them_zero(tiny_model_path, 
 def test_a_broken_reward_stops_the_run(tiny_model_path, grpo_data, tmp_path):
     from rexthinker.rewards import RewardFailedError
 
-    cfg = make_cfg(tiny_model_path, grpo_data, tmp_path / "broken", f"reward.function={PLUGINS}:broken", "trainer.total_steps=1")
+    cfg = make_cfg(tiny_model_path, grpo_data, tmp_path / "broken", f"reward.function={PLUGINS}:broken", "trainer.max_steps=1")
     with pytest.raises(RewardFailedError):
         run(cfg)
 
 
 def test_resumed_run_ends_with_the_same_weights(tiny_model_path, grpo_data, tmp_path):
-    straight = make_cfg(tiny_model_path, grpo_data, tmp_path / "straight", "trainer.total_steps=3")
+    straight = make_cfg(tiny_model_path, grpo_data, tmp_path / "straight", "trainer.max_steps=3")
     _, final_a = run(straight)
 
-    crashed = make_cfg(tiny_model_path, grpo_data, tmp_path / "crashed", "trainer.total_steps=3")
+    crashed = make_cfg(tiny_model_path, grpo_data, tmp_path / "crashed", "trainer.max_steps=3")
     run(crashed, steps=2)  # saves step 2, then the process "dies"
     trainer, final_b = run(crashed)  # a fresh start resumes from step 2
     assert trainer.step == 3

@@ -319,7 +319,7 @@ def test_driver_trains_saves_and_resumes_on_two_zero2_ranks(tiny_model_path, grp
         cfg = load_config(GRPOConfig, RECIPES / "grpo_demo.yaml", [
             f"model.path={tiny_model_path}", f"data.train=[{grpo_data}]", f"trainer.output_dir={tmp_path / 'run'}",
             f"reward.function={PLUGINS}:length_score", "algorithm.prompts_per_step=2", "rollout.n=3", "rollout.backend=hf",
-            "rollout.max_new_tokens=12", "optim.lr=1e-3", f"trainer.total_steps={total_steps}", "trainer.save_every=0",
+            "rollout.max_new_tokens=12", "optim.lr=1e-3", f"trainer.max_steps={total_steps}", "trainer.save_every=0",
             "trainer.report_to=[jsonl]", "learner.strategy=zero2", "learner.precision=fp32", "resources.learner_ranks=2",
             "resources.threads_per_actor=1", "algorithm.kl_mode=reward", "algorithm.kl_estimator=k1", "eval.enabled=false",
             "trainer.sample_table_every=0",

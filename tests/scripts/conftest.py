@@ -53,15 +53,15 @@ def deepspeed_runs(tiny_model_path, sft_rows, tmp_path_factory):
 @pytest.fixture(scope="session")
 def single_run(tiny_model_path, sft_rows, tmp_path_factory):
     """A one-process SFT run of one step: ``checkpoints/step-1`` with ``hf/`` and ``learner/learner.pt``."""
-    from rexthinker.sft.__main__ import SFTRun
     from rexthinker.sft.config import SFTConfig
+    from rexthinker.sft.trainer import SFTTrainer
 
     out = tmp_path_factory.mktemp("convert_single") / "run"
     overrides = _overrides(tiny_model_path, sft_rows, out) + ["learner.strategy=single"]
     cfg = load_config(SFTConfig, REPO / "recipes/configs/sft_demo.yaml", overrides)
-    run = SFTRun(cfg)
+    run = SFTTrainer(cfg)
     try:
-        run.train()
+        run.fit()
         run.finish()
     finally:
         run.cleanup()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rexthinker.sft.__main__ import SFTRun, main
+from rexthinker.sft.trainer import SFTTrainer
 
 
 def _params(model):
@@ -20,12 +20,12 @@ def _params(model):
 
 
 def test_steps_change_trainable_parameters_only(make_cfg):
-    run = SFTRun(make_cfg("model.freeze_vision=true", "model.freeze_projector=false"))
+    run = SFTTrainer(make_cfg("model.freeze_vision=true", "model.freeze_projector=false"))
     before = _params(run.model)
     trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
     assert any(n.startswith("model.visual.merger.") for n in trainable)
     assert not any(n.startswith("model.visual.blocks.") for n in trainable)
-    run.train()
+    run.fit()
     after = _params(run.model)
     for name in before:
         changed = not torch.equal(before[name], after[name])
@@ -37,7 +37,7 @@ def test_steps_change_trainable_parameters_only(make_cfg):
 
 def test_bad_model_path_fails_at_once_with_a_hint(make_cfg):
     with pytest.raises(SystemExit, match="model.path '/nope/model' is not a local folder and not in the local Hugging Face cache"):
-        SFTRun(make_cfg("model.path=/nope/model"))
+        SFTTrainer(make_cfg("model.path=/nope/model"))
 
 
 def test_recipe_with_an_uncached_hub_model_fails_before_launching(tmp_path):
@@ -53,8 +53,8 @@ def test_recipe_with_an_uncached_hub_model_fails_before_launching(tmp_path):
 def test_final_checkpoint_loads_in_transformers(make_cfg):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    run = SFTRun(make_cfg())
-    run.train()
+    run = SFTTrainer(make_cfg())
+    run.fit()
     final = run.finish()
     trained = {k: v.clone() for k, v in run.model.state_dict().items()}
     run.cleanup()
@@ -70,13 +70,13 @@ class Crash(RuntimeError):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch):
-    reference = SFTRun(make_cfg("trainer.max_steps=4", f"trainer.output_dir={tmp_path / 'ref'}"))
-    reference.train()
+    reference = SFTTrainer(make_cfg("trainer.max_steps=4", f"trainer.output_dir={tmp_path / 'ref'}"))
+    reference.fit()
     expected = {k: v.clone() for k, v in reference.model.state_dict().items()}
     reference.cleanup()
 
     cfg = make_cfg("trainer.max_steps=4", "trainer.save_every=2", f"trainer.output_dir={tmp_path / 'crash'}")
-    run = SFTRun(cfg)
+    run = SFTTrainer(cfg)
     real_step, calls = run.learner.step, []
 
     def failing_step():
@@ -87,13 +87,13 @@ def test_interrupted_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeyp
 
     monkeypatch.setattr(run.learner, "step", failing_step)
     with pytest.raises(Crash):
-        run.train()
+        run.fit()
     run.cleanup()
     assert sorted(p.name for p in (tmp_path / "crash" / "checkpoints").iterdir()) == ["step-2"]
 
-    resumed = SFTRun(cfg)
+    resumed = SFTTrainer(cfg)
     assert resumed.step == 2
-    resumed.train()
+    resumed.fit()
     assert resumed.step == 4
     for key, value in resumed.model.state_dict().items():
         assert torch.allclose(value, expected[key], atol=1e-6, rtol=0), key
@@ -104,8 +104,8 @@ def test_feature_workers_give_the_same_run(make_cfg, tmp_path):
     """data.num_workers builds the next steps' features in other processes; the steps are the same."""
     weights, losses = [], []
     for workers in (0, 2):
-        run = SFTRun(make_cfg("trainer.max_steps=3", f"data.num_workers={workers}", f"trainer.output_dir={tmp_path / str(workers)}"))
-        run.train()
+        run = SFTTrainer(make_cfg("trainer.max_steps=3", f"data.num_workers={workers}", f"trainer.output_dir={tmp_path / str(workers)}"))
+        run.fit()
         weights.append({k: v.clone() for k, v in run.model.state_dict().items()})
         losses.append([json.loads(line)["loss"] for line in (run.out / "metrics.jsonl").read_text().splitlines()])
         run.cleanup()
@@ -118,8 +118,8 @@ def test_feature_workers_give_the_same_run(make_cfg, tmp_path):
 def test_sft_checkpoint_loads_and_generates_in_vllm(make_cfg):
     from rexthinker.convert.verify import check_vllm
 
-    run = SFTRun(make_cfg("trainer.max_steps=1"))
-    run.train()
+    run = SFTTrainer(make_cfg("trainer.max_steps=1"))
+    run.fit()
     final = run.finish()
     run.cleanup()
     assert "greedy token(s)" in check_vllm(final)
