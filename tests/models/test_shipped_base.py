@@ -14,9 +14,9 @@ from rexthinker.models import base
 pytestmark = pytest.mark.skipif(not (base.SHIPPED / base.MARKER).exists(), reason="no shipped base in this checkout")
 
 # The shipped build on the first 16 chats of its held-out split, bf16 weights and fp32 compute, when
-# it was shipped: box_exact 1.000 and locate_exact 0.542 (1.000 and 0.615 on the card's 32 chats).
-# Its shirt colours are at chance (0.15 on 32 chats), so no colour floor is claimed.
-FLOORS = {"box_exact": 0.95, "locate_exact": 0.45}
+# it was shipped: box_exact 0.609 (0.615 on the card's 32 chats, 0.626 before the bf16 rounding).
+# Its shirt colours are at chance (0.17 on 32 chats), so no colour floor is claimed.
+FLOORS = {"box_exact": 0.55}
 
 
 def test_shipped_base_is_the_build_its_card_describes():
