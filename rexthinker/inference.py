@@ -152,9 +152,9 @@ class Referrer:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.processor = load_processor(model, min_pixels, max_pixels)
-        self.engine = engine if engine is not None else self._load(min_pixels, max_pixels, engine_kwargs or {}, seed)
+        self.engine = engine if engine is not None else self._load(engine_kwargs or {}, seed)
 
-    def _load(self, min_pixels: int, max_pixels: int, engine_kwargs: dict, seed: int):
+    def _load(self, engine_kwargs: dict, seed: int):
         if self.backend == "hf":
             from transformers import AutoModelForImageTextToText
 
