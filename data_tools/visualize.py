@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         fmt, path, args.start, args.num, ids, args.image_root, args.min_pixels, args.max_pixels, report
     )
     if report.errors:
-        print(f"skipped unreadable rows: {report}")
+        print(f"unreadable rows: {report}")
     if not samples:
         raise SystemExit(
             f"no sample to draw in {path}" + (f" with ids {sorted(ids)}" if ids else f" from {args.start}")

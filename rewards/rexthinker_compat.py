@@ -30,7 +30,7 @@ import re
 from collections.abc import Sequence
 
 _TAG_CHARS = re.compile(r"([<>/])")
-_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.S)
+_ANSWER_OPEN = re.compile(r"\s*<answer>")
 _NUMBER_LIST = re.compile(r"\[([\d.]+(?:, ?[\d.]+)*)\]")
 
 
@@ -72,7 +72,20 @@ def normalise(response: str) -> str:
 
 
 def format_reward(response: str) -> float:
-    return 1.0 if _FORMAT.fullmatch(response) else 0.0
+    """1.0 when ``re.fullmatch(r"<think>.*?</think>\\s*<answer>.*?</answer>", response, re.S)``
+    matches, decided in one pass: some ``</think>`` after the opening tag is followed by whitespace
+    and an ``<answer>`` that ends before the closing tag. The regex tries every ``</think>`` against
+    every ``</answer>``: a second on a 64k-character degenerate response, growing with its square."""
+    if not (response.startswith("<think>") and response.endswith("</answer>")):
+        return 0.0
+    answer_end = len(response) - len("</answer>")
+    close = response.find("</think>", len("<think>"))
+    while close >= 0:
+        opening = _ANSWER_OPEN.match(response, close + len("</think>"))
+        if opening is not None:
+            return 1.0 if opening.end() <= answer_end else 0.0  # a later </think> ends later still
+        close = response.find("</think>", close + 1)
+    return 0.0
 
 
 def accuracy_reward(response: str, ground_truth: str) -> float:

@@ -6,11 +6,17 @@ Every key is checked against the schema: an unknown key names itself, its place 
 Values are converted to the field's declared type (``int``, ``float``, ``bool``, ``str``, ``list``,
 ``tuple``, ``dict``, optional and literal types, nested dataclasses). Override values are parsed as
 YAML scalars (``1e-5``, ``true``, ``[1, 2]``, ``null``).
+
+What leaves the process (``config.yaml``, the wandb config, model cards, messages) goes through
+:func:`redact` first: a text value under a key that looks like a secret (``api_key``, ``hf_token``,
+``secret``, ``password``...) is replaced by ``<redacted>``. Pass secrets through the environment when
+a run must be repeated from its ``config.yaml``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -138,5 +144,30 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+SECRET_KEY = re.compile(r"key|token|secret|passw|credential|auth", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact(value: Any) -> Any:
+    """``value`` (dicts, lists, dataclass trees) with every non-empty text value under a secret-looking
+    key replaced by :data:`REDACTED`. Numbers and flags stay (``max_new_tokens: 256`` is not a secret)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = to_dict(value)
+    if isinstance(value, dict):
+        return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and _secret_like(v) else redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+def _secret_like(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(value)
+    if isinstance(value, (list, tuple)):
+        return any(_secret_like(v) for v in value)
+    return isinstance(value, dict)
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """The run's config as YAML, secrets redacted."""
+    Path(path).write_text(yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False))

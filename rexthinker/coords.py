@@ -18,6 +18,8 @@ TRAIN_MIN_PIXELS = 16 * 28 * 28
 TRAIN_MAX_PIXELS = 1280 * 28 * 28
 EVAL_MIN_PIXELS = 256 * 28 * 28
 PATCH_FACTOR = 28  # patch size 14 x spatial merge 2
+MAX_ASPECT_RATIO = 200  # smart_resize refuses a more elongated image
+MIN_IMAGE_SIDE = PATCH_FACTOR // 2 + 1  # see check_image_size
 
 Box = Sequence[float]
 
@@ -33,8 +35,8 @@ def smart_resize(
     aspect ratio kept as closely as possible (same arithmetic as qwen-vl-utils)."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got height={height} width={width}")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio must be at most 200, got {max(height, width) / min(height, width):.1f}")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(f"aspect ratio must be at most {MAX_ASPECT_RATIO}, got {max(height, width) / min(height, width):.1f}")
     h = max(factor, round(height / factor) * factor)
     w = max(factor, round(width / factor) * factor)
     if h * w > max_pixels:
@@ -46,6 +48,20 @@ def smart_resize(
         h = math.ceil(height * beta / factor) * factor
         w = math.ceil(width * beta / factor) * factor
     return h, w
+
+
+def check_image_size(width: int, height: int) -> None:
+    """Raise ValueError for an image the prompt builder cannot write hints for: an aspect ratio over
+    ``MAX_ASPECT_RATIO`` (:func:`smart_resize` refuses it), or a side under ``MIN_IMAGE_SIDE`` pixels.
+    Such a side rounds to 0 patches; the processor (transformers' resize) then scales the image up
+    while :func:`smart_resize` (qwen-vl-utils) keeps one patch, so for some pixel limits the frame the
+    hints are written in is not the one the model sees (a 600x3 image: 588x28 here, 812x28 there)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ValueError(f"{width}x{height} image: aspect ratio {max(width, height) / min(width, height):.1f} is over {MAX_ASPECT_RATIO}")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{width}x{height} image: a side under {MIN_IMAGE_SIDE} px gets another model frame from the processor")
 
 
 def model_frame_size(

@@ -27,9 +27,24 @@ instead. Failures that are the reward's, not a sample's, always raise: a result 
 samples on which every sample fails is a :class:`RewardFailedError` (a broken reward must not train
 on zeros).
 
+``timeout_s`` bounds each call (GRPO: ``reward.timeout_s``, 300 s unless set). A hung Python call
+cannot be interrupted in a thread, so then the reward runs in a worker process of its own (spawned
+once, holding its own copy of the reward) and the caller waits at most ``timeout_s`` for each call:
+for the batch, and for each sample alone when the batch did not return (or raised). A call that
+does not return in time has its worker killed (the next call starts a fresh one) and raises
+:class:`RewardTimeoutError`, so a sample that hangs scores 0 and is counted like one that raises,
+while the others score normally; a reward that hangs on every sample is a :class:`RewardFailedError`
+after ``timeout_s`` per sample. The worker costs one idle process and the batch piped to it and
+back (milliseconds for a GRPO step). A stateful reward keeps its state in the worker, which a
+timeout resets; the worker is a daemon process, so a reward that starts processes of its own (a
+multiprocessing pool) needs ``timeout_s=None``. ``timeout_s=None`` calls the reward in-process,
+unbounded. :meth:`RewardFn.close` ends the worker (so do garbage collection and the interpreter's
+exit).
+
 A :class:`RewardFn` pickles as its spec and config, and reloads the file where it is unpickled (a
 file that changed in between is refused), so a reward can be sent to other processes (a Ray actor or a
-process pool for an expensive reward). The GRPO driver and the evaluations call it in-process.
+process pool for an expensive reward). The GRPO driver and the evaluations call it in their own
+process, or in its worker under ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -39,13 +54,19 @@ import importlib.util
 import inspect
 import logging
 import math
+import multiprocessing
+import pickle
 import sys
 import traceback
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from rexthinker.config import redact
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +94,20 @@ class RewardFailedError(RuntimeError):
     """A reward failed on every sample of a batch: the reward is broken, not the samples."""
 
 
+class RewardTimeoutError(RuntimeError):
+    """A reward call that did not return within ``timeout_s``; its worker process was killed."""
+
+
+class RewardWorkerError(RuntimeError):
+    """The worker process of a reward under ``timeout_s`` died in a call, or the reward raised there
+    an exception that cannot be sent back (its traceback is the message)."""
+
+
+WORKER_START_S = 300.0
+"""How long a reward's worker process may take to start (spawn, imports, the reward's own set-up,
+such as loading a model), or ``timeout_s`` if that is longer."""
+
+
 @dataclass
 class RewardErrors:
     """Samples on which a reward raised (or gave a non-finite value) and scored 0 instead."""
@@ -92,13 +127,17 @@ class RewardFn:
     Build it with :func:`load_reward`. ``errors`` accumulates over calls.
     """
 
-    def __init__(self, spec: str, strict: bool = False, **config: Any):
+    def __init__(self, spec: str, strict: bool = False, timeout_s: float | None = None, **config: Any):
+        if timeout_s is not None and (type(timeout_s) not in (int, float) or not 0 < timeout_s < math.inf):
+            raise RewardLoadError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
         self.spec = spec
         self.strict = strict
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.config = config
         self.errors = RewardErrors()
         self.path, self.name = _split_spec(spec)
         self.digest = _digest(self.path)
+        self._worker: _Worker | None = None
         self._setup()
 
     def _setup(self) -> None:
@@ -112,7 +151,7 @@ class RewardFn:
                 self._fn: Callable = target(**self.config)
             except Exception as exc:
                 raise RewardLoadError(
-                    f"{self.spec}: building the reward with config {self.config} failed: {type(exc).__name__}: {exc}"
+                    f"{self.spec}: building the reward with config {redact(self.config)} failed: {type(exc).__name__}: {exc}"
                 ) from exc
             self._call_config: dict[str, Any] = {}
         elif callable(target):
@@ -133,10 +172,17 @@ class RewardFn:
         if self._accepted is not None:
             batch = {k: v for k, v in batch.items() if k in self._accepted}
         try:
-            result = self._fn(completions, **batch, **self._call_config)
-        except Exception:
+            result = self._call(completions, batch)
+        except RewardLoadError:
+            raise
+        except Exception as exc:
             if self.strict:
                 raise
+            if isinstance(exc, RewardTimeoutError):
+                logger.warning("%s; scoring the samples one by one", exc)
+                if n == 1:  # that sample alone already had its timeout_s
+                    self._record(traceback.format_exc())
+                    return {"overall": [0.0]}
             return self._one_by_one(completions, batch)
         scores = _normalise(result, n, self.spec)
         if not all(all(map(math.isfinite, values)) for values in scores.values()):
@@ -156,7 +202,9 @@ class RewardFn:
         failures: list[str] = []
         for i, completion in enumerate(completions):
             try:
-                result = self._fn([completion], **{k: [v[i]] for k, v in batch.items()}, **self._call_config)
+                result = self._call([completion], {k: [v[i]] for k, v in batch.items()})
+            except RewardLoadError:
+                raise
             except Exception:
                 failures.append(traceback.format_exc())
                 rows.append(None)
@@ -173,6 +221,27 @@ class RewardFn:
         names = next((list(row) for row in rows if row is not None), ["overall"])
         return {name: [row[name] if row is not None else 0.0 for row in rows] for name in names}
 
+    def _call(self, completions: list[str], batch: dict[str, Sequence]) -> Any:
+        """One call of the reward: in-process, or in the worker with ``timeout_s`` (see the module
+        docstring); a worker that timed out or died is ended here, and the next call starts another."""
+        if self.timeout_s is None:
+            return self._fn(completions, **batch, **self._call_config)
+        if self._worker is None:
+            self._worker = _Worker(self)
+        try:
+            return self._worker.call(completions, batch, self.timeout_s)
+        except (RewardTimeoutError, RewardWorkerError):
+            if self._worker is not None:
+                self._worker.close(kill=True)
+                self._worker = None
+            raise
+
+    def close(self) -> None:
+        """End the worker process, if there is one (a later call starts a new one)."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
     def _record(self, failure: str) -> None:
         if self.errors.first_traceback is None:
             self.errors.first_traceback = failure
@@ -180,21 +249,115 @@ class RewardFn:
         self.errors.failed += 1
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("spec", "strict", "config", "errors", "path", "name", "digest")}
+        keys = ("spec", "strict", "timeout_s", "config", "errors", "path", "name", "digest")
+        return {k: getattr(self, k) for k in keys}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._worker = None
         if _digest(self.path) != self.digest:
             raise RewardLoadError(f"{self.path} changed since the reward was loaded; refusing to run another reward")
         self._setup()
 
     def __repr__(self) -> str:
-        return f"RewardFn({self.spec!r}, strict={self.strict}, config={self.config})"
+        return f"RewardFn({self.spec!r}, strict={self.strict}, timeout_s={self.timeout_s}, config={redact(self.config)})"
 
 
-def load_reward(spec: str, strict: bool = False, **config: Any) -> RewardFn:
+def load_reward(spec: str, strict: bool = False, timeout_s: float | None = None, **config: Any) -> RewardFn:
     """Load ``"path/to/file.py:name"`` with keyword ``config``; see the module docstring."""
-    return RewardFn(spec, strict=strict, **config)
+    return RewardFn(spec, strict=strict, timeout_s=timeout_s, **config)
+
+
+class _RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, attached as its cause."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class _Worker:
+    """A spawned process holding its own copy of a reward (unpickled: the file is imported again),
+    called with a time bound. ``close`` ends it: it leaves its loop, or is killed."""
+
+    def __init__(self, reward: RewardFn):
+        ctx = multiprocessing.get_context("spawn")  # no fork of a driver holding threads, CUDA or Ray
+        self.spec = reward.spec
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, reward), name="reward-worker", daemon=True)
+        self.process.start()
+        child.close()
+        self._close = weakref.finalize(self, _stop, self.process, self.conn)
+        start_s = max(WORKER_START_S, reward.timeout_s or 0.0)
+        try:
+            if not self.conn.poll(start_s):
+                raise RewardLoadError(f"{self.spec}: the reward's worker process did not start within {start_s:g} s")
+            self.conn.recv()  # "ready"
+        except (EOFError, OSError):
+            self.close(kill=True)
+            raise RewardLoadError(
+                f"{self.spec}: the reward's worker process failed to start (exit code {self.process.exitcode}); "
+                "its error is printed above"
+            ) from None
+        except RewardLoadError:
+            self.close(kill=True)
+            raise
+
+    def call(self, completions: list[str], batch: dict[str, Sequence], timeout_s: float) -> Any:
+        try:
+            self.conn.send((completions, batch))
+            reply = self.conn.recv() if self.conn.poll(timeout_s) else None
+        except (EOFError, OSError) as exc:
+            self.process.join(1.0)
+            raise RewardWorkerError(f"{self.spec}: the reward's worker process died (exit code {self.process.exitcode})") from exc
+        if reply is None:
+            raise RewardTimeoutError(
+                f"{self.spec} did not return within {timeout_s:g} s on {len(completions)} sample(s); "
+                "its worker process was killed"
+            )
+        result, error, text = reply
+        if text is None:
+            return result
+        if error is None:  # an exception that does not pickle, or a result that does not
+            error = RewardWorkerError(f"{self.spec} failed in its worker process: {text.strip().splitlines()[-1]}")
+        raise error from _RemoteTraceback(text)
+
+    def close(self, kill: bool = False) -> None:
+        if kill and self.process.is_alive():
+            self.process.kill()
+        self._close()
+
+
+def _stop(process: multiprocessing.process.BaseProcess, conn: Connection) -> None:
+    """End a worker: with its pipe closed it leaves its loop; killed if it has not within a second."""
+    conn.close()
+    process.join(1.0)
+    if process.is_alive():
+        process.kill()
+        process.join(5.0)
+
+
+def _serve(conn: Connection, reward: RewardFn) -> None:
+    """The worker process: score each batch received and send back ``(result, exception, traceback)``
+    (the exception only when it survives pickling, the traceback None on success)."""
+    conn.send("ready")
+    while True:
+        try:
+            completions, batch = conn.recv()
+        except EOFError:  # the caller closed its end
+            return
+        try:
+            reply = (reward._fn(completions, **batch, **reward._call_config), None, None)
+        except Exception as exc:
+            text = traceback.format_exc()
+            try:
+                pickle.loads(pickle.dumps(exc))
+            except Exception:
+                exc = None
+            reply = (None, exc, text)
+        try:
+            conn.send(reply)
+        except Exception as exc:  # a result that does not pickle
+            conn.send((None, None, f"the reward's result cannot be sent back: {type(exc).__name__}: {exc}"))
 
 
 def _split_spec(spec: str) -> tuple[Path, str]:

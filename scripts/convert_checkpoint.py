@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hf-files", default=None, help="folder with config.json + processor when the source lacks them")
     parser.add_argument("--base-model", default=None, help="base model named in the model card (default: from the run's config)")
     parser.add_argument("--stage", choices=["sft", "grpo"], default=None, help="stage named in the model card (default: from the run)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="let DeepSpeed unpickle files that hold classes beyond its own (runs their code; only for files you made)")
     parser.add_argument("--check-vllm", action="store_true", help="also load the result in vLLM and generate a few tokens")
     parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload to this Hugging Face repository after the checks")
     parser.add_argument("--public", action="store_true", help="make the --push-to-hub repository public (default: private)")
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         report = convert(
             args.source, args.out, layout=args.layout, dtype=args.dtype, max_shard_size=args.max_shard_size,
             hf_files=args.hf_files, base_model=args.base_model, stage=args.stage, vllm=args.check_vllm,
+            trust_pickle=args.trust_pickle,
         )  # fmt: skip
         print(report.format(), flush=True)
         if args.push_to_hub:

@@ -4,8 +4,10 @@ inside the user text, and the GRPO parquet ``problem`` cell that carries the tra
 - :func:`hint_json` / :func:`user_text` / :func:`grpo_problem` write them;
 - :func:`parse_hint` reads the hint back out of any prompt (for rewards given the prompt but not
   the boxes; never raises), and :func:`parse_problem` reads a ``problem`` cell, strictly (a
-  ValueError for anything that is not the training template). Its pattern is derived from
+  ValueError for anything that is not the training template). Its parts are cut from
   ``USER_TEMPLATES["train"]``, so the template is written once.
+
+Both readers run in linear time on any string (tests/contracts/test_parsing_time.py).
 """
 
 from __future__ import annotations
@@ -42,25 +44,35 @@ def grpo_problem(referring: str, category: str, boxes: Sequence[Sequence[int]]) 
     return IMAGE_PLACEHOLDER + user_text(referring, category, boxes, "train")
 
 
-def _template_pattern(template: str) -> re.Pattern:
+def _template_parts(template: str) -> tuple[str, str, str]:
+    """The fixed text of a ``problem`` cell around its hint and its referring expression."""
     head, rest = template.split("{hint}")
     middle, tail = rest.split("{referring}")
-    return re.compile(rf"\A{re.escape(IMAGE_PLACEHOLDER + head)}(?P<hint>\{{.*\}}){re.escape(middle)}(?P<referring>.*){re.escape(tail)}\Z", re.DOTALL)
+    return IMAGE_PLACEHOLDER + head, middle, tail
 
 
-_PROBLEM = _template_pattern(USER_TEMPLATES["train"])
+_PROBLEM_HEAD, _PROBLEM_MIDDLE, _PROBLEM_TAIL = _template_parts(USER_TEMPLATES["train"])
 
 
 def parse_problem(problem: str) -> tuple[str, str, list[Box]]:
-    """``(referring, category, hint boxes)`` of a ``problem`` cell; raises ValueError."""
-    match = _PROBLEM.match(problem)
-    if match is None:
+    """``(referring, category, hint boxes)`` of a ``problem`` cell; raises ValueError.
+
+    The hint runs from the ``{`` after the head to the last ``}`` followed by the middle, as the
+    greedy regex ``head (\\{.*\\}) middle (.*) tail`` reads it; found with string searches, since
+    that regex takes quadratic time on a cell full of middles."""
+    head, middle, tail = _PROBLEM_HEAD, _PROBLEM_MIDDLE, _PROBLEM_TAIL
+    body = None
+    if problem.startswith(head) and problem.endswith(tail) and len(problem) >= len(head) + len(tail):
+        body = problem[len(head) : len(problem) - len(tail)]
+    cut = body.rfind("}" + middle) if body is not None and body.startswith("{") else -1
+    if cut < 1:
         raise ValueError(f"problem does not follow the training template: {problem[:80]!r}")
-    hint = json.loads(match.group("hint"))
+    hint_text, referring = body[: cut + 1], body[cut + 1 + len(middle) :]
+    hint = json.loads(hint_text)
     if not isinstance(hint, dict) or len(hint) != 1:
-        raise ValueError(f"hint must be an object with one category, got {match.group('hint')[:80]!r}")
+        raise ValueError(f"hint must be an object with one category, got {hint_text[:80]!r}")
     ((category, boxes),) = hint.items()
-    return match.group("referring"), category, boxes
+    return referring, category, boxes
 
 
 _HINT = re.compile(r'\{[ \t]*"([^"\n]{1,64})"[ \t]*:[ \t]*(\[[\d\s,.\-\[\]]*\])[ \t]*\}')

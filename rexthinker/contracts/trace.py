@@ -23,7 +23,10 @@ Candidates are 0-based indices here and "Person i" (1-based) in the text.
 
 The reader copes with what models write: ranges, lists and plural categories ("Persons 1-3"),
 stray prose, ``->`` for ``→`` and ``⚠`` with or without U+FE0F. It never raises; what could not be
-read is said in ``Trace.problems``.
+read is said in ``Trace.problems``. It takes time linear in the text, whatever the text (64k
+characters in milliseconds, tests/contracts/test_parsing_time.py): every regex here either runs
+in linear time or reads no more than a line's head, and the candidates read are capped
+(``MAX_RANGE`` per range, ``MAX_MARKS`` per trace).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ _MARKS = frozenset((WARN, CROSS, CHECK))
 
 # A range such as "Person 1-100000000" is not expanded past this many candidates.
 MAX_RANGE = 1000
+# Candidate marks read from the summary, and from all the other sections together, ranges counted
+# by their length and repeats included: a real trace names a few hundred; past this the candidate
+# lines are not read (a problem says so), which bounds the work a degenerate trace makes.
+MAX_MARKS = 10_000
 
 SUMMARY_HEADER = "# Summarize and Re-Check answer"
 
@@ -167,7 +174,9 @@ class Trace:
 
 _STEP_TITLE = re.compile(r"step[ \t]*(\d{1,6})[ \t]*[:.\-]?[ \t]*(.*)", re.I | re.S)
 _SUMMARY_TITLE = re.compile(r"summar|re-?check", re.I)
-_REFERRING = re.compile(r"needs us to (?:detect|find|locate) (.{1,500}?)\. To accomplish", re.S)
+_REFERRING_HEAD = re.compile(r"needs us to (?:detect|find|locate) ")
+_REFERRING_END = ". To accomplish"
+_MAX_REFERRING = 500
 _PLAN_STEP = re.compile(r"step[ \t]*(\d{1,6})[ \t]*[:.][ \t]*(.*)", re.I | re.S)
 _BULLETS = "-*\u2022"
 # A line head "<Category> <references>": a category of letters (single spaces allowed between
@@ -185,7 +194,7 @@ _SIMPLE_ITEM = re.compile(
 )
 # A box stated after the candidate's name, "- Person 3 [12, 40, 60, 200]: ..." (SynthRef's
 # trace_boxes layout); it is not part of the name.
-_HEAD_BOX = re.compile(r"[ \t]*\[[\d \t,.\-]*\]$")
+_HEAD_BOX = re.compile(r"(?<![ \t])[ \t]*\[[\d \t,.\-]*\]$")  # not from inside a run of spaces: linear
 
 
 def parse_trace(think: str) -> Trace:
@@ -212,6 +221,8 @@ def parse_trace(think: str) -> Trace:
     where = "the plan"
     preamble_end = len(lines)
     category: list[str] = []  # the first category word met, in a one-slot list
+    others_left = [MAX_MARKS]  # candidate marks the sections other than the summary may still name
+    left = others_left
 
     for n, raw in enumerate(lines):
         line = raw.strip()
@@ -223,18 +234,19 @@ def parse_trace(think: str) -> Trace:
             title = line.lstrip("#").strip()
             step = _STEP_TITLE.match(title)
             if step is not None:
-                section, where = {}, f"step {step.group(1)}"
+                section, where, left = {}, f"step {step.group(1)}", others_left
                 steps.append(TraceStep(int(step.group(1)), step.group(2), section))
             elif _SUMMARY_TITLE.search(title):
                 where = "the summary"
                 if summary is None:
                     section = summary = {}
+                    left = [MAX_MARKS]  # its own allowance, so that read_summary reads it alike
                 else:
                     problems.append("more than one summary section; the first one is used")
-                    section = {}
+                    section, left = {}, others_left
             else:
                 problems.append(f"unrecognised section {title[:60]!r}")
-                section, where = {}, f"section {title[:30]!r}"
+                section, where, left = {}, f"section {title[:30]!r}", others_left
         elif first in _BULLETS:
             if section is None:
                 planned = _PLAN_STEP.match(line[1:].lstrip())
@@ -242,10 +254,9 @@ def parse_trace(think: str) -> Trace:
                     plan_numbers.append(int(planned.group(1)))
                     plan.append(planned.group(2).strip().rstrip("."))
             else:
-                _read_item(line, section, where, category, problems)
+                _read_item(line, section, where, category, problems, left)
 
-    preamble = "\n".join(lines[:preamble_end])
-    referring_match = _REFERRING.search(preamble)
+    referring = _read_referring("\n".join(lines[:preamble_end]))
     if not plan:
         problems.append("no planning steps")
     elif plan_numbers != list(range(1, len(plan) + 1)):
@@ -264,7 +275,7 @@ def parse_trace(think: str) -> Trace:
             problems.append(f"summary marks other than ✅/❌ for candidates {misplaced}")
         checked = frozenset(k for k, mark in summary.items() if mark == CHECK)
     return Trace(
-        referring_match.group(1) if referring_match else None,
+        referring,
         plan,
         steps,
         summary,
@@ -272,6 +283,22 @@ def parse_trace(think: str) -> Trace:
         category[0] if category else None,
         problems,
     )
+
+
+def _read_referring(preamble: str) -> str | None:
+    """What ``re.search(r"needs us to (?:detect|find|locate) (.{1,500}?)\\. To accomplish", preamble,
+    re.S)`` reads, in one pass: the regex scans up to 500 characters after each head, 30 ms on a
+    preamble that repeats one."""
+    end = -1
+    for head in _REFERRING_HEAD.finditer(preamble):
+        start = head.end()
+        if end <= start:  # the first end after this head's first character, as the lazy group takes it
+            end = preamble.find(_REFERRING_END, start + 1)
+            if end < 0:
+                return None
+        if end - start <= _MAX_REFERRING:
+            return preamble[start:end]
+    return None
 
 
 def read_summary(think: str) -> dict[int, str] | None:
@@ -293,21 +320,29 @@ def read_summary(think: str) -> dict[int, str] | None:
         if _STEP_TITLE.match(title) is None and _SUMMARY_TITLE.search(title):
             marks: dict[int, str] = {}
             ignored: list[str] = []
+            left = [MAX_MARKS]
             for raw in think[line_end + 1 :].split("\n"):
                 line = raw.strip()
                 if line[:1] == "#":
                     break
                 if line[:1] and line[0] in _BULLETS:
-                    _read_item(line, marks, "", ignored, ignored)
+                    _read_item(line, marks, "", ignored, ignored, left)
             return marks
         pos = think.find("#", line_end)
     return None
 
 
-def _read_item(line: str, marks: dict[int, str], where: str, category: list[str], problems: list[str]) -> None:
-    """Record the mark of one bulleted line (bullet first, stripped) if it names candidates."""
+def _read_item(
+    line: str, marks: dict[int, str], where: str, category: list[str], problems: list[str], left: list[int]
+) -> None:
+    """Record the mark of one bulleted line (bullet first, stripped) if it names candidates, taking
+    them from the allowance ``left`` (a one-slot list, see ``MAX_MARKS``)."""
+    if left[0] < 0:  # spent: no candidate line is read any more
+        return
     simple = _SIMPLE_ITEM.fullmatch(line)
     if simple is not None:  # "- Person 3: <text> → ✅" in one call; reads exactly as the general path
+        if not _take(1, left, where, problems):
+            return
         word, number, mark = simple.groups()
         if not category:
             category.append(word)
@@ -323,42 +358,64 @@ def _read_item(line: str, marks: dict[int, str], where: str, category: list[str]
     if text[-1:] == _VARIATION_SELECTOR:
         text = text[:-1]
     mark = text[-1:]
-    head = _HEAD_BOX.sub("", line[1:colon].strip())
+    head = line[1:colon].strip()
+    if head[-1:] == "]":
+        head = _HEAD_BOX.sub("", head)
     word, _, number = head.rpartition(" ")
     if number.isdecimal() and word.isalpha():  # the common "Person 3"
-        refs = (word, [int(number)]) if int(number) > 0 else None
+        refs = (word, [(int(number), int(number))]) if int(number) > 0 else None
     else:
         refs = _read_refs(head)
     if refs is None:
         if mark in _MARKS:
             problems.append(f"{where}: cannot read the candidates named by {head[:60]!r}")
         return
-    if not category and len(refs[1]) == 1:
-        category.append(refs[0])
+    word, spans = refs
+    if not _take(sum(last - first + 1 for first, last in spans), left, where, problems):
+        return
+    if len(spans) == 1:  # one number or one range: nothing repeats
+        numbers: Sequence[int] | dict[int, None] = range(spans[0][0], spans[0][1] + 1)
+    else:
+        numbers = dict.fromkeys(k for first, last in spans for k in range(first, last + 1))  # in order, once each
+    if not category and len(numbers) == 1:
+        category.append(word)
     if mark not in _MARKS:
         problems.append(f"{where}: no mark at the end of the line for {head[:60]!r}")
         return
-    for k in refs[1]:
+    for k in numbers:
         previous = marks.setdefault(k, mark)
         if previous != mark:
             problems.append(f"{where}: candidate {k} is marked both {previous} and {mark}")
 
 
-def _read_refs(head: str) -> tuple[str, list[int]] | None:
-    """``(category word, [candidates])`` named by a line head such as ``Persons 1-3``; None if the
-    head does not name candidates counted from 1 (ranges longer than ``MAX_RANGE`` included)."""
+def _take(count: int, left: list[int], where: str, problems: list[str]) -> bool:
+    """Take ``count`` candidate marks from the allowance ``left``; the first time they do not fit,
+    the allowance is spent and a problem says that the rest is not read."""
+    if count <= left[0]:
+        left[0] -= count
+        return True
+    if left[0] >= 0:
+        problems.append(f"{where}: more than {MAX_MARKS} candidate marks; the candidate lines from here on are not read")
+        left[0] = -1
+    return False
+
+
+def _read_refs(head: str) -> tuple[str, list[tuple[int, int]]] | None:
+    """``(category word, [(first, last) of each reference])`` named by a line head such as
+    ``Persons 1-3, 5``; None if the head does not name candidates counted from 1 (ranges longer
+    than ``MAX_RANGE`` included)."""
     m = _HEAD.fullmatch(head)
     if m is None:
         return None
     word, refs = m.group(1), m.group(2)
-    numbers: list[int] = []
+    spans: list[tuple[int, int]] = []
     for a, b in _REF.findall(refs):
         first = int(a)
         last = int(b) if b else first
         if first == 0 or last < first or last - first >= MAX_RANGE:
             return None
-        numbers.extend(range(first, last + 1))
-    if not numbers:
+        spans.append((first, last))
+    if not spans:
         return None
     rest = _PARENTHESES.sub(" ", _REF.sub(" ", refs))
     names = {word.lower(), word.split()[-1].lower()}
@@ -368,5 +425,5 @@ def _read_refs(head: str) -> tuple[str, list[int]] | None:
             return None
     if not _GLUE.fullmatch(_WORD.sub(" ", rest)):
         return None
-    return word, list(dict.fromkeys(numbers))
+    return word, spans
 

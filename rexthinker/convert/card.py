@@ -5,6 +5,9 @@ total steps), the run's ``config.yaml`` (stage, base model, data, reward), its `
 evaluation, copied only when the checkpoint is the run's last step, which is the one it measured),
 or the reference trainer's ``global_step_N`` folder name. What is not found is left out, never
 guessed; ``--base-model`` and ``--stage`` fill in what the files cannot tell.
+
+A card is meant to be published: secrets in the run's config are redacted
+(:func:`rexthinker.config.redact`) and local absolute paths are shown by their last part only.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from rexthinker.config import redact
 from rexthinker.prompts import THINK_PROMPT
 
 # A run's config.yaml is recognised by the schema it binds to (rexthinker.config.build).
@@ -86,7 +90,7 @@ def _read_run(run: Path, facts: RunFacts) -> None:
         data = config.get("data") or {}
         facts.data = {k: list(data[k]) for k in ("train", "val") if isinstance(data.get(k), list) and data[k]}
         if "reward" in config:
-            facts.reward = yaml.safe_dump(config["reward"], sort_keys=False).strip()
+            facts.reward = yaml.safe_dump(_public(redact(config["reward"])), sort_keys=False).strip()
     eval_path = run / "eval.json"
     if eval_path.is_file():
         if facts.step is not None and facts.step == facts.total_steps:
@@ -94,6 +98,20 @@ def _read_run(run: Path, facts: RunFacts) -> None:
             facts.sources.append(str(eval_path))
         else:
             facts.eval_note = f"{eval_path} measures the run's last step, not step {facts.step}; not copied"
+
+
+def _shown(path: str) -> str:
+    """A path as a card shows it: a local absolute path by its last part only."""
+    return Path(path).name if Path(path).is_absolute() else path
+
+
+def _public(value):
+    """``value`` with the absolute paths in its texts (``/home/me/rewards/r.py:score``) cut to their last part."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    return re.sub(r"(?<![\w.:/])/(?:[^/\s:]+/)*([^/\s:]+)", r"\1", value) if isinstance(value, str) else value
 
 
 def _is_hub_id(name: str | None) -> bool:
@@ -107,15 +125,15 @@ def render(name: str, facts: RunFacts, report) -> str:
         front.append(f"base_model: {facts.base_model}")
     rows = [("Architecture", "Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`)")]
     if facts.base_model:
-        rows.append(("Base model", f"`{facts.base_model}`"))
+        rows.append(("Base model", f"`{_shown(facts.base_model)}`"))
     if facts.stage:
         rows.append(("Training stage", {"sft": "SFT (chain-of-thought traces)", "grpo": "GRPO"}.get(facts.stage, facts.stage)))
     if facts.step is not None:
         rows.append(("Steps", f"{facts.step}" + (f" of {facts.total_steps}" if facts.total_steps else "")))
     for split, paths in facts.data.items():
-        rows.append((f"Data ({split})", ", ".join(f"`{p}`" for p in paths)))
+        rows.append((f"Data ({split})", ", ".join(f"`{_shown(p)}`" for p in paths)))
     rows.append(("Weights", f"{report.dtype_out}, {report.parameters:,} parameters in {report.num_shards} safetensors file(s)"))
-    rows.append(("Converted from", f"`{report.source}` ({report.layout} layout)"))
+    rows.append(("Converted from", f"`{_shown(report.source)}` ({report.layout} layout)"))
     check = f"max abs difference {report.max_logit_diff:.3g} against the source weights (tolerance {report.tolerance:.3g})"
     rows.append(("Logit check", check))
     if report.vllm is not None:
@@ -146,5 +164,5 @@ def render(name: str, facts: RunFacts, report) -> str:
         "It also loads in vLLM: `vllm serve PATH`.", "",
     ]  # fmt: skip
     if facts.sources:
-        lines += ["## Provenance", "", *[f"- `{s}`" for s in facts.sources], ""]
+        lines += ["## Provenance", "", *[f"- `{_shown(s)}`" for s in facts.sources], ""]
     return "\n".join(lines)

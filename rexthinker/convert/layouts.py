@@ -24,6 +24,7 @@ import torch
 
 from rexthinker.convert.keys import LAYOUT_RULES, ConversionError, rename_all
 from rexthinker.convert.reference import RANK_FILE, merge
+from rexthinker.train.checkpoint import UnsafeCheckpointError, check_pickles
 
 LAYOUTS = ("hf", "learner", "deepspeed", "reference")
 
@@ -34,6 +35,7 @@ class Source:
     path: Path  # the weights: a folder (hf, deepspeed, reference) or learner.pt
     hf_files: Path  # config.json, generation config and processor files
     notes: list[str] = field(default_factory=list)
+    trust_pickle: bool = False  # let DeepSpeed unpickle its files unchecked (see checkpoint.check_pickles)
 
 
 def _has_rank_files(folder: Path) -> bool:
@@ -142,6 +144,10 @@ def read_deepspeed(source: Source, shapes) -> tuple[dict, dict]:
     tag_dir = folder / (tag or (folder / "latest").read_text().strip())
     stage = 3 if any(tag_dir.glob("zero_pp_rank_*_model_states.pt")) else 2
     ranks = len(list(tag_dir.glob("*_optim_states.pt")))
+    try:
+        check_pickles(tag_dir, trust=source.trust_pickle)  # DeepSpeed's loader unpickles in full
+    except UnsafeCheckpointError as exc:
+        raise ConversionError(str(exc)) from exc
     with contextlib.redirect_stdout(io.StringIO()):  # the helper prints its progress
         state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
     source.notes.append(f"DeepSpeed ZeRO-{stage} states of {ranks} ranks, rebuilt as full fp32 master weights")

@@ -94,6 +94,7 @@ def convert(
     base_model: str | None = None,
     stage: str | None = None,
     vllm: bool = False,
+    trust_pickle: bool = False,
 ) -> ConversionReport:
     out = Path(out).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -102,6 +103,7 @@ def convert(
         raise ConversionError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES)}")
     # read
     src = resolve(Path(source), layout, Path(hf_files) if hf_files else None)
+    src.trust_pickle = trust_pickle
     config, processor, generation, notes = load_hf_files(src.hf_files)
     skeleton = Skeleton(config)
     tensors, names = READERS[src.layout](src, skeleton.shapes)

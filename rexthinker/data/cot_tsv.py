@@ -8,7 +8,12 @@
 - ``<prefix>.annotations.tsv.lineidx``: the byte offset of each annotation row, one per line.
 
 The real image file is about 10 GB, so :class:`CotTsvReader` never scans it: it seeks to the offsets
-the index and the annotation rows give, and keeps both files open.
+the index and the annotation rows give, and keeps both files open. Reading is lazy, so a bad row
+would only show when met; :meth:`CotTsvReader.validate` reads and checks every row once (each image
+row decoded once), which is what :func:`rexthinker.data.sources.open_samples` does when a stage
+opens its data. Boxes are original pixels and are checked as :mod:`rexthinker.data.errors`
+describes (reported as corners: a negative width or height is a ``swapped_box``; answers are
+indices into ``gt_boxes``, so always hints).
 """
 
 from __future__ import annotations
@@ -24,7 +29,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from rexthinker.coords import xywh_to_xyxy, xyxy_to_xywh
-from rexthinker.data.errors import DataError, ErrorReport, ImageCheckError, RowErrorPolicy, as_boxes, checked_image_size
+from rexthinker.data.errors import (
+    BadRow,
+    DataError,
+    ErrorReport,
+    ImageCheckError,
+    RowErrorPolicy,
+    as_boxes,
+    check_boxes,
+    check_model_image,
+    checked_image_size,
+)
 from rexthinker.data.sample import RefSample, check_original_frame
 
 _MODELLED = ("gt_boxes", "region_map", "think", "id", "image_name", "domain", "sub_domain", "category")
@@ -134,7 +149,8 @@ class CotTsvReader:
     ``samples(i)`` the samples it holds (one per ``region_map`` entry; [] for a bad row skipped
     under ``on_error="skip"``), ``reader[i]`` the first of them (a bad row raises
     :class:`DataError` in either mode, there being nothing to return), and iterating yields every
-    sample of every good row. Candidate boxes come back as corners.
+    sample of every good row. Candidate boxes come back as corners. :meth:`validate` checks every
+    row up front. A row kept with a warning is recorded once in the report, however often it is read.
 
     ``lineidx`` defaults to ``<annotations>.lineidx`` when that file exists; otherwise the index is
     built in one pass over the annotation file (the only scan this class ever does).
@@ -157,6 +173,7 @@ class CotTsvReader:
         self.offsets = self._read_lineidx(Path(lineidx)) if lineidx is not None else self._build_index()
         self._pid: int | None = None
         self._files: tuple[BinaryIO, BinaryIO] | None = None
+        self._warned: set[int] = set()  # rows whose warnings are in the report
 
     @classmethod
     def from_prefix(cls, prefix: str | os.PathLike, **kwargs) -> CotTsvReader:
@@ -225,7 +242,7 @@ class CotTsvReader:
         index = self._checked(index)
         try:
             return self._parse(index)
-        except _BadRow as bad:
+        except BadRow as bad:
             raise DataError(f"{self.annotations_path} line {index + 1}: {bad.reason}") from None
 
     def samples(self, index: int) -> list[RefSample]:
@@ -233,7 +250,7 @@ class CotTsvReader:
         index = self._checked(index)
         try:
             return self._to_samples(self._parse(index))
-        except _BadRow as bad:
+        except BadRow as bad:
             self._policy(self.annotations_path, index + 1, bad.reason, bad.kind)  # raises in "raise" mode
             return []
 
@@ -248,23 +265,49 @@ class CotTsvReader:
             yield from self.samples(index)
         self._policy.finish(str(self.annotations_path))
 
+    def validate(self) -> list[int]:
+        """Read and check every row once, its annotation, image row and boxes; return the indices of
+        the good rows. Under ``on_error="raise"`` the first bad row raises :class:`DataError`; under
+        ``"skip"`` the bad rows go to the report. Each distinct image row is decoded once."""
+        good = []
+        images: dict[int, tuple[int, int] | BadRow] = {}  # image offset -> size, or why it is bad
+        for index in range(len(self)):
+            try:
+                record = self._parse(index)
+                candidates, region_map = _annotation_boxes(record.annotation)
+                if record.image_offset not in images:
+                    try:
+                        images[record.image_offset] = self._image(record.image_offset)[2]
+                    except BadRow as bad:
+                        images[record.image_offset] = bad
+                size = images[record.image_offset]
+                if isinstance(size, BadRow):
+                    raise BadRow(size.kind, size.reason)
+                self._check_boxes(index, candidates, region_map, size)
+            except BadRow as bad:
+                self._policy(self.annotations_path, index + 1, bad.reason, bad.kind)
+                continue
+            good.append(index)
+        self._policy.finish(str(self.annotations_path))
+        return good
+
     def _parse(self, index: int) -> CotRecord:
         _, annotations = self._handles()
         annotations.seek(self.offsets[index])
         line = annotations.readline()
         offset_text, tab, payload = line.partition(b"\t")
         if not tab:
-            raise _BadRow("bad_row", f"expected '<image offset> TAB <json>', got {line[:60]!r}")
+            raise BadRow("bad_row", f"expected '<image offset> TAB <json>', got {line[:60]!r}")
         try:
             image_offset = int(offset_text)
         except ValueError:
-            raise _BadRow("bad_offset", f"image offset is not an integer: {offset_text[:40]!r}") from None
+            raise BadRow("bad_offset", f"image offset is not an integer: {offset_text[:40]!r}") from None
         try:
             annotation = json.loads(payload)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise _BadRow("bad_json", f"annotation is not valid JSON: {exc}") from None
+            raise BadRow("bad_json", f"annotation is not valid JSON: {exc}") from None
         if not isinstance(annotation, dict):
-            raise _BadRow("bad_json", f"annotation must be a JSON object, got {type(annotation).__name__}")
+            raise BadRow("bad_json", f"annotation must be a JSON object, got {type(annotation).__name__}")
         return CotRecord(index, image_offset, annotation)
 
     def _image(self, image_offset: int) -> tuple[str, bytes, tuple[int, int]]:
@@ -275,33 +318,32 @@ class CotTsvReader:
         key, tab, cell = line.partition(b"\t")
         where = f"image row at byte {image_offset} of {self.images_path}"
         if not tab:
-            raise _BadRow("bad_offset", f"no {where}")
+            raise BadRow("bad_offset", f"no {where}")
         try:
             data = base64.b64decode(_strip_bytes_repr(cell), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise _BadRow("bad_base64", f"{where}: bad base64: {exc}") from None
+            raise BadRow("bad_base64", f"{where}: bad base64: {exc}") from None
         try:
             size = checked_image_size(data)
         except ImageCheckError as exc:
-            raise _BadRow("bad_image", f"{where}: {exc}") from None
+            raise BadRow("bad_image", f"{where}: {exc}") from None
+        check_model_image(size, where)
         return _strip_bytes_repr(key).decode("utf-8", "replace"), data, size
+
+    def _check_boxes(self, index: int, candidates: list[list[float]], region_map: dict, size: tuple[int, int]) -> None:
+        """Row ``index``'s boxes in its ``(width, height)`` image; its warnings recorded once."""
+        answers = [candidates[i] for indices in region_map.values() for i in indices]
+        warnings = check_boxes(candidates, answers, size, clamped=True)
+        if index not in self._warned:
+            self._warned.add(index)
+            for kind, reason in warnings:
+                self._policy.warn(self.annotations_path, index + 1, reason, kind)
 
     def _to_samples(self, record: CotRecord) -> list[RefSample]:
         ann = record.annotation
-        try:
-            candidates = [xywh_to_xyxy(b) for b in as_boxes(ann.get("gt_boxes"), "gt_boxes")]
-        except ValueError as exc:
-            raise _BadRow("bad_box", str(exc)) from None
-        region_map = ann.get("region_map")
-        if not isinstance(region_map, dict) or not region_map:
-            raise _BadRow("missing_field", f"region_map must be a non-empty object, got {region_map!r:.60}")
-        for referring, indices in region_map.items():
-            if not isinstance(indices, list) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(candidates) for i in indices
-            ):
-                reason = f"region_map[{referring!r}] = {indices!r:.60} is not a list of gt_boxes indices"
-                raise _BadRow("bad_index", reason)
+        candidates, region_map = _annotation_boxes(ann)
         key, data, size = self._image(record.image_offset)
+        self._check_boxes(record.index, candidates, region_map, size)
         think = ann.get("think")
         base_id = str(ann.get("id", record.index))
         extra = {k: v for k, v in ann.items() if k not in _MODELLED}
@@ -326,7 +368,19 @@ class CotTsvReader:
         return samples
 
 
-class _BadRow(Exception):
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind, self.reason = kind, reason
+def _annotation_boxes(ann: dict) -> tuple[list[list[float]], dict]:
+    """``(candidate corner boxes, region_map)`` of an annotation, their structure checked."""
+    try:
+        candidates = [xywh_to_xyxy(b) for b in as_boxes(ann.get("gt_boxes"), "gt_boxes")]
+    except ValueError as exc:
+        raise BadRow("bad_box", str(exc)) from None
+    region_map = ann.get("region_map")
+    if not isinstance(region_map, dict) or not region_map:
+        raise BadRow("missing_field", f"region_map must be a non-empty object, got {region_map!r:.60}")
+    for referring, indices in region_map.items():
+        if not isinstance(indices, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(candidates) for i in indices
+        ):
+            reason = f"region_map[{referring!r}] = {indices!r:.60} is not a list of gt_boxes indices"
+            raise BadRow("bad_index", reason)
+    return candidates, region_map

@@ -10,6 +10,10 @@ Hint and answer boxes are integers in the model-input frame: the ``smart_resize`
 image for the ``min_pixels``/``max_pixels`` the model will be run with. The file does not record
 those limits, so :func:`read_grpo_parquet` returns the integers as stored and sets
 ``RefSample.box_frame`` only when the caller says which limits were used.
+
+Rows are checked as :mod:`rexthinker.data.errors` describes. The boxes are used verbatim, so any
+coordinate outside the model frame is an error (``box_outside``); without pixel limits the frame is
+unknown and only negative coordinates are caught.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from rexthinker.contracts.hint import grpo_problem, parse_problem
 from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS, model_frame_size, to_model_frame
 from rexthinker.data.errors import (
     PNG_SIGNATURE,
+    BadRow,
     DataError,
     ErrorReport,
     ImageCheckError,
     RowErrorPolicy,
     as_boxes,
+    check_boxes,
+    check_model_image,
     checked_image_size,
 )
 from rexthinker.data.sample import RefSample, encode_png
@@ -169,8 +176,16 @@ def iter_grpo_parquet(
             sample = _parse_row(path, row, image, problem, answer, fail)
             if sample is None:
                 continue
-            if min_pixels is not None:
-                sample.box_frame = model_frame_size(*sample.image_size, min_pixels, max_pixels)
+            try:
+                check_model_image(sample.image_size, "images cell")
+                if min_pixels is not None:
+                    sample.box_frame = model_frame_size(*sample.image_size, min_pixels, max_pixels)
+                warnings = check_boxes(sample.candidate_boxes, sample.answer_boxes, sample.box_frame, clamped=False)
+            except BadRow as bad:
+                fail(path, row, bad.reason, bad.kind, unit="row")
+                continue
+            for kind, reason in warnings:
+                fail.warn(path, row, reason, kind, unit="row")
             yield row, sample
     fail.finish(str(path))
 

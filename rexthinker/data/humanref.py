@@ -5,6 +5,10 @@ Each JSON line holds ``id``, ``image_name``, ``referring``, ``candidate_boxes``,
 benchmark does not have are written only when set: ``category`` when it is not "person", ``think``
 when a trace exists. Every other key of a row is kept in ``RefSample.extra`` (that is where
 ``answer_segmentations`` lives), so a row read and written back keeps all its keys.
+
+The reader checks every row's boxes and image as :mod:`rexthinker.data.errors` describes (boxes
+are original pixels, so a box partly outside the image is kept with a ``box_clamped`` warning);
+without ``load_images`` the image size is unknown and only its checks are left out.
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from rexthinker.data.errors import ErrorReport, ImageCheckError, RowErrorPolicy, as_boxes, checked_image_size
+from rexthinker.data.errors import (
+    BadRow,
+    ErrorReport,
+    ImageCheckError,
+    RowErrorPolicy,
+    as_boxes,
+    check_boxes,
+    check_model_image,
+    checked_image_size,
+)
 from rexthinker.data.sample import RefSample, check_original_frame
 
 ANNOTATIONS_FILE = "annotations.jsonl"
@@ -142,6 +155,15 @@ def iter_humanref(
                     fail(path, line_no, f"image {image_path}: {exc}", "bad_image")
                     continue
                 sample.image_bytes = data
+            try:
+                if sample.image_size is not None:
+                    check_model_image(sample.image_size, f"image {root / sample.image_name}")
+                warnings = check_boxes(sample.candidate_boxes, sample.answer_boxes, sample.image_size, clamped=True)
+            except BadRow as bad:
+                fail(path, line_no, bad.reason, bad.kind)
+                continue
+            for kind, reason in warnings:
+                fail.warn(path, line_no, reason, kind)
             yield line_no, sample
     fail.finish(str(path))
 

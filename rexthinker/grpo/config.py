@@ -11,6 +11,7 @@ from rexthinker.config import ConfigError
 from rexthinker.data.sources import DataConfig
 from rexthinker.models.load import ModelConfig
 from rexthinker.quickeval import EvalConfig
+from rexthinker.rewards import RewardFn, load_reward
 from rexthinker.rollout.base import RolloutConfig
 from rexthinker.train.cli import TrainerConfig
 from rexthinker.train.learner import LearnerConfig, OptimConfig
@@ -45,6 +46,13 @@ class RewardConfig:
     function: str = "rewards/referring.py:compute_score"
     kwargs: dict = field(default_factory=dict)
     strict: bool = False  # re-raise a reward's exception instead of scoring the sample 0
+    # Seconds a reward call (the step's batch, or one sample) may take; a sample that hangs scores 0.
+    # The reward then runs in a worker process (rexthinker.rewards). The default reward scores a step
+    # in well under a second; raise it for a slow reward model. None: in-process, unbounded.
+    timeout_s: float | None = 300.0
+
+    def load(self) -> RewardFn:
+        return load_reward(self.function, strict=self.strict, timeout_s=self.timeout_s, **self.kwargs)
 
 
 @dataclass
@@ -55,6 +63,8 @@ class ResourcesConfig:
     learner_ranks: int = 1  # data-parallel learner processes (Ray actors, one GPU each); >1 needs zero2/zero3
     colocate: bool = True  # share GPUs between rollout and learner (vLLM sleeps while the learner trains, rollout.sleep)
     threads_per_actor: int | None = None  # torch threads in each actor; None: all cores
+    call_timeout_s: float | None = 3600.0  # longest wait on one actor call (start-up, rollout, update, sync); None: no bound
+    actor_restarts: int = 2  # times Ray restarts a dead rollout engine (the step's rollouts are retried); learners are not restarted
 
 
 @dataclass

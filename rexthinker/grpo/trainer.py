@@ -27,19 +27,19 @@ import torch
 
 from rexthinker.config import save_config, to_dict
 from rexthinker.coords import PATCH_FACTOR
-from rexthinker.data.sources import Head, open_samples
+from rexthinker.data.sources import Head, open_samples, open_training_samples
 from rexthinker.generation import render_request
+from rexthinker.grpo import actors
 from rexthinker.grpo import algorithm as A
 from rexthinker.grpo.config import GRPOConfig
 from rexthinker.models.load import check_model_path, set_pixel_limits
 from rexthinker.prompts import pixel_limits
-from rexthinker.rewards import load_reward
 from rexthinker.rollout.base import Request
-from rexthinker.train import checkpoint
+from rexthinker.train import checkpoint, faults
 from rexthinker.train.metrics import MetricLogger
 
 ACTOR_ENV = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "REXTHINKER_CACHE", "DS_ACCELERATOR",
-             "TOKENIZERS_PARALLELISM", "WANDB_MODE", "HF_HOME")  # fmt: skip
+             "TOKENIZERS_PARALLELISM", "WANDB_MODE", "HF_HOME", "REXTHINKER_COLLECTIVE_TIMEOUT_S")  # fmt: skip
 
 
 def _seed(*parts: int) -> int:
@@ -148,20 +148,28 @@ class GRPOTrainer:
     """setup -> fit (train_step x N) -> save -> evaluate -> cleanup."""
 
     def __init__(self, cfg: GRPOConfig):
-        import ray
-        from transformers import AutoProcessor
-
         self.cfg = cfg
         self.out = Path(cfg.trainer.output_dir)
         self.ckpt_root = self.out / "checkpoints"
         check_model_path(cfg.model.path)
+        self.lock = checkpoint.RunLock(self.out)  # one run per output folder
+        try:
+            self._setup(cfg)
+        except BaseException:  # a run that fails to start leaves the folder free
+            self.lock.release()
+            raise
+
+    def _setup(self, cfg: GRPOConfig) -> None:
+        import ray
+        from transformers import AutoProcessor
+
         self.processor = AutoProcessor.from_pretrained(cfg.model.path)
         set_pixel_limits(self.processor, cfg.model.min_pixels, cfg.model.max_pixels)
         self.min_pixels, self.max_pixels = pixel_limits(self.processor)
-        self.samples = open_samples(cfg.data.train, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        self.samples = open_training_samples(cfg.data, self.out, "grpo", min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         if cfg.data.max_samples:
             self.samples = [self.samples[i] for i in range(min(cfg.data.max_samples, len(self.samples)))]
-        self.reward = load_reward(cfg.reward.function, strict=cfg.reward.strict, **cfg.reward.kwargs)
+        self.reward = cfg.reward.load()  # with reward.timeout_s, in a worker process of its own
         per_epoch = len(self.samples) // cfg.algorithm.prompts_per_step
         if per_epoch == 0:
             raise SystemExit(f"{len(self.samples)} samples cannot fill one step of {cfg.algorithm.prompts_per_step} prompts")
@@ -172,17 +180,18 @@ class GRPOTrainer:
         save_config(cfg, self.out / "config.yaml")
         self.logger = MetricLogger(self.out, cfg.trainer.report_to, cfg.trainer.run_name, to_dict(cfg))
 
-        resume_from = checkpoint.latest(self.ckpt_root) if cfg.trainer.resume else None
+        if cfg.trainer.resume:
+            checkpoint.recover(self.ckpt_root)
+        found = checkpoint.candidates(self.ckpt_root) if cfg.trainer.resume else []
+        resume_from = found[0] if found else None
         env = {k: os.environ[k] for k in ACTOR_ENV if k in os.environ}
         if not ray.is_initialized():
             ray.init(address=cfg.resources.ray_address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env},
                      include_dashboard=False, log_to_driver=True)  # fmt: skip
         self.placement_group = None
         self.learners, self.rollouts = self._start_actors(resume_from)
-        if resume_from is not None:
-            self._on_learners("load", str(resume_from))
-            self.step = checkpoint.read_state(resume_from)["step"]
-            print(f"[grpo] resumed from {resume_from} at step {self.step}", flush=True)
+        if found:
+            self.resume(found)
         print(f"[grpo] {len(self.samples)} prompts, {per_epoch} steps/epoch, {self.total_steps} steps, "
               f"{cfg.algorithm.prompts_per_step} x {cfg.rollout.n} samples per step, rollouts: {cfg.rollout.backend}", flush=True)  # fmt: skip
 
@@ -235,15 +244,62 @@ class GRPOTrainer:
                 # one worker per rank on the bundles named here, in this placement group.
                 env = {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, span)), "VLLM_RAY_PER_WORKER_GPUS": str(plan.share)}
                 options.update(num_gpus=0, runtime_env={"env_vars": env}, scheduling_strategy=strategy(span[0], capture_children=True))
+            options["max_restarts"] = r.actor_restarts  # a restarted engine gets the current weights from the driver
             rollouts.append(ray.remote(RolloutWorker).options(**options).remote(self.cfg, weights_path, _seed(self.cfg.trainer.seed, j)))
-        ray.get([w.ping.remote() for w in [*learners, *rollouts]])
+        self.learners, self.rollouts = learners, rollouts
+        self._gather([w.ping.remote() for w in [*learners, *rollouts]], self._names(learners, rollouts), "start-up")
         return learners, rollouts
+
+    # --- actor calls ---------------------------------------------------------------------------
+    def _names(self, learners=(), rollouts=()) -> list[str]:
+        return [f"learner rank {i}" for i in range(len(learners))] + [f"rollout engine {j}" for j in range(len(rollouts))]
+
+    def _gather(self, futures, names, call: str) -> list:
+        """Every actor call's results, within ``resources.call_timeout_s`` (:func:`actors.gather`)."""
+        return actors.gather(futures, names, call, self.cfg.resources.call_timeout_s)
+
+    def stopped(self, failure: actors.ActorFailure) -> RuntimeError:
+        """The error that ends a run an actor failure cannot be recovered from: what failed, and where
+        the same command will resume."""
+        found = checkpoint.latest(self.ckpt_root)
+        where = f"the newest checkpoint is {found}; run the same command to resume from it" if found else \
+            "no checkpoint was saved yet; the same command starts again from the beginning"  # fmt: skip
+        return RuntimeError(f"[grpo] {failure}; the run stops at step {self.step}: {where}")
+
+    def resume(self, found: list[Path]) -> None:
+        """Load the newest checkpoint the learners can read (the rollout engines started from its
+        ``hf/``); when it is damaged, the one before it, whose weights are then synced to the engines.
+        A file that would run code when unpickled stops the run."""
+        import ray
+
+        for i, folder in enumerate(found):
+            try:
+                self._on_learners("load", str(folder))
+                self.step = checkpoint.read_state(folder)["step"]
+            except (ray.exceptions.RayTaskError, OSError, ValueError, KeyError) as exc:
+                cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+                if isinstance(cause, checkpoint.UnsafeCheckpointError):
+                    raise cause from None
+                print(f"[grpo] cannot resume from {folder} ({type(cause).__name__}: {cause}); trying an older checkpoint", flush=True)
+                continue
+            if i:
+                self.sync_weights()
+            print(f"[grpo] resumed from {folder} at step {self.step}", flush=True)
+            return
+        raise RuntimeError(f"none of the checkpoints in {self.ckpt_root} could be loaded (see above); "
+                           "remove them, or set trainer.resume=false in a new output_dir")  # fmt: skip
+
+    def sync_weights(self) -> None:
+        """The learners' weights into every rollout engine (rank 0 holds them in full)."""
+
+        weights = [learner.weights.remote() for learner in self.learners]  # the other ranks' are empty
+        names = self._names(rollouts=self.rollouts) + self._names(self.learners)[1:]
+        self._gather([w.load_weights.remote(weights[0]) for w in self.rollouts] + weights[1:], names, "weight sync")
 
     def _on_learners(self, method: str, *args) -> list:
         """``method(*args)`` on every learner rank at once (their collectives must all meet)."""
-        import ray
 
-        return ray.get([getattr(learner, method).remote(*args) for learner in self.learners])
+        return self._gather([getattr(learner, method).remote(*args) for learner in self.learners], self._names(self.learners), method)
 
     # --- data ----------------------------------------------------------------------------------
     def prompts_for_step(self, step: int):
@@ -263,15 +319,27 @@ class GRPOTrainer:
         return requests, infos
 
     def _generate(self, requests, n):
-        import ray
 
+        """The groups of ``n`` completions, the requests split over the engines. An engine that dies is
+        restarted by Ray (``resources.actor_restarts`` times), given the current weights, and the
+        rollouts are run again: requests carry their own seeds, so the retry samples the same."""
         shards = np.array_split(np.arange(len(requests)), len(self.rollouts))
-        futures = [w.generate.remote([requests[i] for i in idx], n) for w, idx in zip(self.rollouts, shards) if len(idx)]
-        return [group for part in ray.get(futures) for group in part]
+        used = [(j, idx) for j, idx in enumerate(shards) if len(idx)]
+        for attempt in range(self.cfg.resources.actor_restarts + 1):
+            try:
+                futures = [self.rollouts[j].generate.remote([requests[i] for i in idx], n) for j, idx in used]
+                parts = self._gather(futures, [f"rollout engine {j}" for j, _ in used], "rollout")
+                return [group for part in parts for group in part]
+            except actors.ActorDied as exc:
+                if attempt == self.cfg.resources.actor_restarts:
+                    raise
+                print(f"[grpo] {exc}; waiting for Ray to restart it, then running step {self.step + 1}'s rollouts again", flush=True)
+                actors.wait_alive(self.rollouts, self._names(rollouts=self.rollouts), self.cfg.resources.call_timeout_s or 3600.0)
+                self.sync_weights()
+        raise AssertionError("unreachable")
 
     # --- one step ------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        import ray
 
         cfg, alg = self.cfg, self.cfg.algorithm
         n = cfg.rollout.n
@@ -288,6 +356,7 @@ class GRPOTrainer:
         group_ids = [i for i, g in enumerate(groups) for _ in g]
 
         with self.timed(metrics, "reward"):
+            failed_before = self.reward.errors.failed  # the count accumulates over the run
             scores = self.reward(
                 [c.text for c in completions],
                 solution_boxes=[infos[g].answer_boxes for g in group_ids],
@@ -297,6 +366,7 @@ class GRPOTrainer:
                 image_size=[infos[g].model_size for g in group_ids],
                 prompt=[requests[g].prompt for g in group_ids],
             )
+        metrics["reward/failed_samples"] = float(self.reward.errors.failed - failed_before)  # raised, non-finite or timed out: scored 0
         rewards = torch.tensor(scores["overall"], dtype=torch.float64)
         prompts = [(r.prompt, r.image) for r in requests]
         responses = [(g, c.token_ids) for g, c in zip(group_ids, completions)]
@@ -319,16 +389,16 @@ class GRPOTrainer:
                 metrics["batch/groups_kept"] = counts["groups_kept"] / max(1, counts["groups"])
 
         kept = keep.nonzero().flatten().tolist()
+        faults.point("step.mid", self.step + 1)
         if kept:
             with self.timed(metrics, "update"):
                 parts = rank_batches(prompts, [responses[i] for i in kept], [costs[i] for i in kept], len(self.learners), alg.share_prompts)
                 kept_adv = advantages[keep]  # a rank's padding responses get 0 and are weightless there
                 futures = [learner.train_step.remote(b.prompts, b.responses, torch.cat([kept_adv[b.indices], kept_adv.new_zeros(b.padding)]),
                                                      self.step, b.padding) for learner, b in zip(self.learners, parts)]  # fmt: skip
-                metrics.update(merge_rank_metrics(ray.get(futures)))
+                metrics.update(merge_rank_metrics(self._gather(futures, self._names(self.learners), "update")))
             with self.timed(metrics, "sync"):
-                weights = [learner.weights.remote() for learner in self.learners]  # rank 0's are full, the others empty
-                ray.get([w.load_weights.remote(weights[0]) for w in self.rollouts] + weights[1:])
+                self.sync_weights()
         metrics["batch/skipped_update"] = float(not kept)
 
         self.step += 1
@@ -350,10 +420,10 @@ class GRPOTrainer:
 
     def sequence_kl(self, prompts, responses, costs) -> list[float]:
         """KL(policy || reference) of each response, the responses split over the learner ranks."""
-        import ray
 
         parts = rank_batches(prompts, responses, costs, len(self.learners), self.cfg.algorithm.share_prompts)
-        results = ray.get([learner.sequence_kl.remote(b.prompts, b.responses) for learner, b in zip(self.learners, parts)])
+        futures = [learner.sequence_kl.remote(b.prompts, b.responses) for learner, b in zip(self.learners, parts)]
+        results = self._gather(futures, self._names(self.learners), "sequence KL")
         kl = [0.0] * len(responses)
         for b, values in zip(parts, results):
             for i, value in zip(b.indices, values):  # a padding response's value is dropped
@@ -398,7 +468,10 @@ class GRPOTrainer:
 
         bar = tqdm(total=self.total_steps, initial=self.step, desc="grpo", unit="step", dynamic_ncols=True)
         while self.step < self.total_steps:
-            metrics = self.train_step()
+            try:
+                metrics = self.train_step()
+            except actors.ActorFailure as exc:
+                raise self.stopped(exc) from exc
             if self.step % self.cfg.trainer.log_every == 0 or self.step == self.total_steps:
                 self.logger.log(self.step, metrics)
             bar.set_postfix(reward=f"{metrics['reward/overall']:.3f}", acc=f"{metrics.get('reward/accuracy', float('nan')):.3f}",
@@ -427,7 +500,6 @@ class GRPOTrainer:
     def evaluate(self, tag: str) -> dict | None:
         """Greedy generations on ``data.val`` through the rollout engine (current weights), scored
         with the reward this run trains on (rexthinker.quickeval)."""
-        import ray
 
         from rexthinker import quickeval
         from rexthinker.generation import Generation
@@ -435,11 +507,13 @@ class GRPOTrainer:
         e = self.cfg.eval
         if not e.enabled:
             return None
-        val = open_samples(self.cfg.data.val, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        if tag == "end":
+            faults.point("eval.end")
+        val = open_samples(self.cfg.data.val, on_error=self.cfg.data.on_error, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         val = Head(val, e.num_samples)
         requests, infos = self.build_requests(val, 0, 0)
         start = time.perf_counter()
-        outs = ray.get(self.rollouts[0].generate_greedy.remote(requests, e.max_new_tokens))
+        outs = self._gather([self.rollouts[0].generate_greedy.remote(requests, e.max_new_tokens)], ["rollout engine 0"], f"evaluation ({tag})")[0]
         gens = [Generation(s, info, r.prompt, c.text, len(c.token_ids)) for s, info, r, c in zip(val, infos, requests, outs)]
         result = quickeval.score(gens, self.reward)
         result["generate_s"] = time.perf_counter() - start
@@ -454,6 +528,8 @@ class GRPOTrainer:
         from ray.util.placement_group import remove_placement_group
 
         self.logger.close()
+        self.reward.close()  # its worker process, under reward.timeout_s
         for actor in [*self.learners, *self.rollouts]:
             ray.kill(actor)
         remove_placement_group(self.placement_group)
+        self.lock.release()

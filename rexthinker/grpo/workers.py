@@ -79,7 +79,7 @@ class PolicyWorker:
         self.learner.export_hf(Path(folder) / "hf", self.processor)
 
     def load(self, folder: str) -> None:
-        self.learner.load_state(Path(folder) / "learner")
+        self.learner.load_state(Path(folder) / "learner", self.cfg.trainer.trust_pickle)
 
     def ping(self) -> bool:
         return True

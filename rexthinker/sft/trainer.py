@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from rexthinker.config import save_config, to_dict
-from rexthinker.data.sources import Head, open_samples
+from rexthinker.data.sources import Head, open_samples, open_training_samples
 from rexthinker.models.load import load_policy
 from rexthinker.sft.config import SFTConfig
 from rexthinker.sft.data import SFTDataset, step_batches, step_loader, steps_per_epoch
-from rexthinker.train import checkpoint, dist
+from rexthinker.train import checkpoint, dist, faults
 from rexthinker.train.features import IGNORE
 from rexthinker.train.learner import Learner
 from rexthinker.train.metrics import MetricLogger
@@ -45,8 +45,17 @@ class SFTTrainer:
         np.random.seed(cfg.trainer.seed)
         self.out = Path(cfg.trainer.output_dir)
         self.ckpt_root = self.out / "checkpoints"
+        self.lock = checkpoint.RunLock(self.out) if dist.is_main() else None  # one run per output folder
+        try:
+            self._setup(cfg)
+        except BaseException:  # a run that fails to start leaves the folder free
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _setup(self, cfg: SFTConfig) -> None:
         self.model, self.processor = load_policy(cfg.model.path, cfg.model)
-        samples = open_samples(cfg.data.train)
+        samples = open_training_samples(cfg.data, self.out, "sft", main=dist.is_main())
         if cfg.data.max_samples:
             samples = Head(samples, cfg.data.max_samples)
         self.dataset = SFTDataset(samples, self.processor, cfg.data.max_length, cfg.data.template, cfg.data.instruction)
@@ -68,14 +77,35 @@ class SFTTrainer:
             self.resume()
 
     def resume(self) -> None:
-        found = dist.broadcast_object(str(checkpoint.latest(self.ckpt_root) or ""))
-        if not found:
-            return
-        self.learner.load_state(Path(found) / "learner")
-        checkpoint.load_rng(Path(found))
-        self.step = checkpoint.read_state(Path(found))["step"]
+        """From the newest checkpoint every rank can load; a damaged one is skipped for the one
+        before it. A file that would run code when unpickled stops the run."""
         if dist.is_main():
-            print(f"[sft] resumed from {found} at step {self.step}", flush=True)
+            checkpoint.recover(self.ckpt_root)
+        found = dist.broadcast_object([str(p) for p in checkpoint.candidates(self.ckpt_root)] if dist.is_main() else None)
+        for folder in map(Path, found):
+            problem, unsafe = None, False
+            try:
+                self.learner.load_state(folder / "learner", self.cfg.trainer.trust_pickle)
+                checkpoint.load_rng(folder)
+                step = checkpoint.read_state(folder)["step"]
+            except checkpoint.UnsafeCheckpointError as exc:
+                problem, unsafe = exc, True
+            except Exception as exc:  # a damaged checkpoint: try the one before
+                problem = exc
+            verdict = dist.all_reduce_max(2.0 if unsafe else 1.0 if problem else 0.0)  # every rank takes the same branch
+            if verdict == 2.0:
+                raise problem if unsafe else checkpoint.UnsafeCheckpointError(f"another rank refused to load {folder}")
+            if verdict == 0.0:
+                self.step = step
+                if dist.is_main():
+                    print(f"[sft] resumed from {folder} at step {self.step}", flush=True)
+                return
+            if dist.is_main():
+                print(f"[sft] cannot resume from {folder} ({type(problem).__name__ if problem else 'another rank failed'}: "
+                      f"{problem}); trying an older checkpoint", flush=True)  # fmt: skip
+        if found:
+            raise RuntimeError(f"none of the checkpoints in {self.ckpt_root} could be loaded (see above); "
+                               "remove them, or set trainer.resume=false in a new output_dir")  # fmt: skip
 
     # --- train ---------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -106,6 +136,8 @@ class SFTTrainer:
                 self.learner.backward(loss / max(n_label, 1.0))
                 loss_sum += float(loss.detach())
                 tokens += int(batch["attention_mask"].sum())
+                if k == 0:
+                    faults.point("step.mid", self.step + 1)
             stats = self.learner.step()
             self.step += 1
             elapsed = time.perf_counter() - start
@@ -156,12 +188,13 @@ class SFTTrainer:
         e = self.cfg.eval
         if tag != "end" or not e.enabled or not dist.is_main():
             return None
+        faults.point("eval.end")
         if not self.cfg.data.val:
             raise SystemExit("eval.enabled needs data.val")
         from rexthinker import quickeval
         from rexthinker.generation import hf_generate, new_engine, vllm_generate
 
-        samples = Head(open_samples(self.cfg.data.val), e.num_samples)
+        samples = Head(open_samples(self.cfg.data.val, on_error=self.cfg.data.on_error), e.num_samples)
         kwargs = dict(template=self.cfg.data.template, instruction=self.cfg.data.instruction, progress=True)
         start = time.perf_counter()
         if e.backend == "hf":
@@ -190,6 +223,8 @@ class SFTTrainer:
     def cleanup(self) -> None:
         self.logger.close()
         dist.cleanup()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _progress(total: int, done: int):

@@ -34,6 +34,7 @@ class TrainerConfig:
     save_every: int = 50  # steps between checkpoints; 0 disables intermediate saves
     keep_checkpoints: int = 2
     resume: bool = True  # continue from the newest complete checkpoint in output_dir
+    trust_pickle: bool = False  # resume from DeepSpeed files that name classes beyond DeepSpeed's own (runs their code)
     report_to: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard", "wandb"])
     run_name: str = "run"
 

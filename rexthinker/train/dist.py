@@ -8,8 +8,12 @@ this one was not started by a launcher, it re-executes itself under ``torch.dist
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as torch_dist
@@ -55,10 +59,18 @@ def init() -> None:
     """Join the process group when launched with several processes; a no-op for one."""
     global _OWNED
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch_dist.is_initialized():
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank of torchrun (not of a Ray actor)
+            _watch_launcher()
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank())
-        torch_dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        torch_dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=collective_timeout())
         _OWNED = True
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective may wait for the other ranks before it fails instead of hanging:
+    ``REXTHINKER_COLLECTIVE_TIMEOUT_S`` seconds (default 1800)."""
+    return timedelta(seconds=float(os.environ.get("REXTHINKER_COLLECTIVE_TIMEOUT_S", "1800")))
 
 
 def barrier() -> None:
@@ -107,7 +119,12 @@ def cleanup() -> None:
 
 def relaunch(nproc: int, module: str, argv: list[str]) -> int | None:
     """Re-run ``python -m module argv`` under torchrun with ``nproc`` processes, unless this process
-    already is one of them (or ``nproc`` is 1). Returns the exit code when it relaunched."""
+    already is one of them (or ``nproc`` is 1). Returns the exit code when it relaunched.
+
+    The launcher dies with this process, however it dies: the kernel sends it SIGTERM when its
+    parent exits (``PR_SET_PDEATHSIG``), and torchrun then stops the ranks; SIGTERM and SIGINT sent
+    here are passed on. Each rank also exits when its launcher is gone (:func:`init`). So a killed
+    run leaves no rank behind to race its restart."""
     if nproc <= 1 or "LOCAL_RANK" in os.environ:
         return None
     env = dict(os.environ)
@@ -116,4 +133,44 @@ def relaunch(nproc: int, module: str, argv: list[str]) -> int | None:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module, *argv]
     print("launching: " + " ".join(cmd[2:]), flush=True)
-    return subprocess.call(cmd, env=env)
+    child = subprocess.Popen([sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd], env=env)
+
+    def forward(signum, _frame) -> None:
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# Run as ``python -c _DIE_WITH_PARENT <parent pid> <command...>``: ask the kernel for SIGTERM when the
+# parent exits (PR_SET_PDEATHSIG, Linux; kept across exec), then become the command. A parent that
+# died before the request was made is caught by the pid check.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _watch_launcher(interval_s: float = 1.0) -> None:
+    """A rank started by torchrun exits when torchrun is gone (killed with SIGKILL, it cannot stop
+    its ranks): a daemon thread polls the parent pid, which changes when the parent dies."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                print(f"[dist] rank {rank()}: launcher (pid {parent}) is gone; exiting", file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()

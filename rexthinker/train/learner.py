@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from rexthinker.train import dist
+from rexthinker.train import checkpoint, dist
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "deepspeed"
 
@@ -175,14 +175,17 @@ class Learner:
                 folder / "learner.pt",
             )
 
-    def load_state(self, folder: Path) -> None:
+    def load_state(self, folder: Path, trust_pickle: bool = False) -> None:
+        """What :meth:`save_state` wrote. DeepSpeed unpickles its files in full, so they are checked
+        against an allow-list first (:func:`checkpoint.check_pickles`) unless ``trust_pickle``."""
         folder = Path(folder)
         if self.engine is not None:
+            checkpoint.check_pickles(folder, trust=trust_pickle)
             path, _ = self.engine.load_checkpoint(str(folder), tag="learner")
             if path is None:
                 raise FileNotFoundError(f"no DeepSpeed learner state in {folder}")
         else:
-            state = torch.load(folder / "learner.pt", map_location=dist.device(), weights_only=True)
+            state = checkpoint.load_tensors(folder / "learner.pt", map_location=dist.device())
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])

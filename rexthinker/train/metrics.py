@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+from rexthinker.config import redact
 from rexthinker.train import dist
 
 
@@ -38,7 +39,7 @@ class MetricLogger:
 
             if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
                 os.environ["WANDB_MODE"] = "offline"
-            self._wandb = wandb.init(project="rexthinker", name=run_name, dir=str(self.out_dir), config=config or {})
+            self._wandb = wandb.init(project="rexthinker", name=run_name, dir=str(self.out_dir), config=redact(config or {}))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -148,11 +148,11 @@ LINE_PARTS = [
 def test_the_fast_line_reader_reads_like_the_general_one(lines):
     """``_read_item`` reads common lines with one regex; with it disabled the results must not change."""
     lines = [line.strip() for line in lines if line.strip()[:1] in ("-", "*", "\u2022")]
-    fast, general = ({}, [], []), ({}, [], [])
+    fast, general = ({}, [], [], [parsing.MAX_MARKS]), ({}, [], [], [parsing.MAX_MARKS])
     for line in lines:
-        parsing._read_item(line, fast[0], "here", fast[1], fast[2])
+        parsing._read_item(line, fast[0], "here", fast[1], fast[2], fast[3])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(parsing, "_SIMPLE_ITEM", re.compile(r"(?!)"))
         for line in lines:
-            parsing._read_item(line, general[0], "here", general[1], general[2])
+            parsing._read_item(line, general[0], "here", general[1], general[2], general[3])
     assert fast == general

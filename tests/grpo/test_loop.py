@@ -91,6 +91,7 @@ def test_a_reward_that_raises_on_some_samples_scores_them_zero(tiny_model_path, 
     assert "cannot score this batch" in errors.first_traceback
     rows = [json.loads(line) for line in (tmp_path / "flaky" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1
+    assert rows[0]["reward/failed_samples"] == errors.failed  # the step's failures (the run's only step)
 
 
 def test_a_broken_reward_stops_the_run(tiny_model_path, grpo_data, tmp_path):

@@ -54,7 +54,15 @@ def test_init_and_cleanup_do_nothing_for_one_process(no_group, monkeypatch):
 
 def test_relaunch_only_when_asked_for_several_processes_and_not_launched(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(dist.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 7)
+
+    class Launched:
+        def __init__(self, cmd, env):
+            calls.append((cmd, env))
+
+        def wait(self):
+            return 7
+
+    monkeypatch.setattr(dist.subprocess, "Popen", Launched)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert dist.relaunch(1, "rexthinker.sft", ["a=1"]) is None
@@ -66,7 +74,8 @@ def test_relaunch_only_when_asked_for_several_processes_and_not_launched(monkeyp
     argv = ["a=1", "b=x y"]
     assert dist.relaunch(2, "rexthinker.sft", argv) == 7
     ((cmd, env),) = calls
-    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rexthinker.sft", *argv]
+    assert cmd[:4] == [sys.executable, "-c", dist._DIE_WITH_PARENT, str(os.getpid())]  # dies with this process, then execs:
+    assert cmd[4:] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rexthinker.sft", *argv]
     if not torch.cuda.is_available():
         assert env["DS_ACCELERATOR"] == "cpu"
         assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
@@ -78,3 +87,40 @@ def test_auto_dtype_is_bf16_on_cuda_and_fp32_on_cpu():
     assert dist.compute_dtype() == expected
     assert dist.resolve_dtype("auto") == {torch.bfloat16: "bfloat16", torch.float32: "float32"}[expected]
     assert dist.resolve_dtype("float16") == "float16" and dist.resolve_dtype("bfloat16") == "bfloat16"
+
+
+_BARRIER = """
+import os, sys, time
+from rexthinker.train import dist
+dist.init()
+if dist.rank() == 1:
+    time.sleep(60)  # rank 1 hangs (a dead rank's closed socket fails at once; a hung one never answers)
+    os._exit(0)
+start = time.monotonic()
+try:
+    dist.barrier()
+except Exception as exc:
+    print(f"failed after {time.monotonic() - start:.1f} s: {type(exc).__name__}", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_collective_without_its_partner_fails_within_the_timeout(tmp_path):
+    """REXTHINKER_COLLECTIVE_TIMEOUT_S bounds every collective: rank 0 waits 3 s, then raises."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), REXTHINKER_COLLECTIVE_TIMEOUT_S="3")  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-c", _BARRIER], env=env, stdout=subprocess.PIPE, text=True))
+    out0, _ = procs[0].communicate(timeout=120)
+    procs[1].kill()
+    procs[1].wait(timeout=60)
+    assert procs[0].returncode == 3, out0
+    seconds = float(out0.split("failed after ")[1].split(" s")[0])
+    assert 2.5 <= seconds < 30, out0
