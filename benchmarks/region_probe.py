@@ -10,10 +10,14 @@ vocabulary (one token per integer), so only the mechanism is measured. Variants:
                   image patches they cover;
 - ``--cue mark``  each figure carries its hint number, drawn in a white tag on the torso
                   (set-of-mark prompting: "Person k" can be matched to the glyph k);
+- ``--cue tag``   as ``mark``, and the tag's fill colour also names the hint number (one of 9
+                  colours no shirt uses), so matching "Person k" to its figure is a colour match;
 - ``--ask one``   "Person k:" -> colour, one question per image;
 - ``--ask all``   the target restates every hint in order with its colour,
                   ``Person 1 [x0, y0, x1, y1] red, Person 2 [...] blue, ...`` (the copy probe's
-                  ``enumerate`` layout; every figure is a colour signal, every box a copy signal).
+                  ``enumerate`` layout; every figure is a colour signal, every box a copy signal);
+- ``--colour-first`` states the colour straight after the name, ``Person 1 red [x0, ...]``, so
+                  the token that names the hint is the one that must look at the image.
 
 Held-out colour accuracy (teacher-forced argmax over the 6 colour words, every figure of 64 scenes)
 is printed every ``--eval-every`` steps; the final line is appended to ``--results``:
@@ -35,6 +39,8 @@ from probe_loop import train_for
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 75, 225), "green": (30, 165, 55),
            "yellow": (245, 205, 15), "purple": (145, 50, 185), "orange": (255, 135, 15)}  # fmt: skip
+TAGS = [(255, 255, 255), (20, 20, 20), (128, 128, 128), (0, 200, 210), (230, 60, 200),
+        (120, 70, 30), (255, 170, 200), (20, 30, 110), (130, 140, 30)]  # fmt: skip
 SPECIAL = ["<pad>", "<s>", "</s>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
 WORDS = ["[", "]", ",", "[[", "]]", "Person", ":", "\n"] + [f"#{i}" for i in range(1, 10)] + list(COLOURS)
 
@@ -57,7 +63,7 @@ class Vocab:
         return out + self("]")
 
 
-def draw_scene(rng: random.Random, n: int, size: tuple[int, int], mark: bool, font):
+def draw_scene(rng: random.Random, n: int, size: tuple[int, int], cue: str, font):
     """N figures left to right in equal slots; returns the image, boxes and colours in hint order."""
     w, h = size
     image = Image.new("RGB", (w, h), tuple(rng.randint(228, 248) for _ in range(3)))
@@ -77,11 +83,13 @@ def draw_scene(rng: random.Random, n: int, size: tuple[int, int], mark: bool, fo
         draw.ellipse([cx - head / 2, top, cx + head / 2, top + head], fill=(226, 172, 132), outline=(35, 35, 40))
         draw.rectangle([cx - torso_w / 2, torso_top, cx + torso_w / 2, torso_bottom], fill=COLOURS[colour], outline=(35, 35, 40))
         draw.rectangle([cx - torso_w / 2, torso_bottom, cx + torso_w / 2, feet], fill=(70, 70, 95))
-        if mark:
+        if cue != "box":
             tag = 18
             tx, ty = cx - tag / 2, (torso_top + torso_bottom) / 2 - tag / 2
-            draw.rectangle([tx, ty, tx + tag, ty + tag], fill=(255, 255, 255))
-            draw.text((tx + 4, ty), str(k + 1), fill=(0, 0, 0), font=font)
+            fill = TAGS[k] if cue == "tag" else TAGS[0]
+            ink = (255, 255, 255) if cue == "tag" and sum(fill) < 384 else (0, 0, 0)
+            draw.rectangle([tx, ty, tx + tag, ty + tag], fill=fill)
+            draw.text((tx + 4, ty), str(k + 1), fill=ink, font=font)
         boxes[k] = [int(cx - torso_w / 2), int(top), int(cx + torso_w / 2) + 1, int(feet) + 1]
         colours[k] = colour
     return image, boxes, colours
@@ -89,7 +97,7 @@ def draw_scene(rng: random.Random, n: int, size: tuple[int, int], mark: bool, fo
 
 def make_sample(rng, vocab: Vocab, processor, args, font):
     n = rng.randint(*args.persons)
-    image, boxes, colours = draw_scene(rng, n, args.size, args.cue == "mark", font)
+    image, boxes, colours = draw_scene(rng, n, args.size, args.cue, font)
     enc = processor(images=[image], return_tensors="pt")
     n_image = int(enc["image_grid_thw"].prod()) // 4
     ids = vocab("<s>", "<|vision_start|>") + vocab("<|image_pad|>") * n_image + vocab("<|vision_end|>", "[[")
@@ -105,9 +113,13 @@ def make_sample(rng, vocab: Vocab, processor, args, font):
     if args.ask == "all":
         for k in range(n):
             emit(vocab("Person", f"#{k + 1}"), True)
-            emit(vocab.box(boxes[k]), True)
+            if not args.colour_first:
+                emit(vocab.box(boxes[k]), True)
             colour_at.append(len(ids))
-            emit(vocab(colours[k]) + vocab("," if k < n - 1 else "\n"), True)
+            emit(vocab(colours[k]), True)
+            if args.colour_first:
+                emit(vocab.box(boxes[k]), True)
+            emit(vocab("," if k < n - 1 else "\n"), True)
     else:
         k = rng.randrange(n)
         emit(vocab("Person", f"#{k + 1}", ":"), False)
@@ -171,7 +183,8 @@ def build_model(vocab: Vocab, args):
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cue", choices=("box", "mark"), default="mark")
+    p.add_argument("--cue", choices=("box", "mark", "tag"), default="mark")
+    p.add_argument("--colour-first", action="store_true", help="'Person k colour [box]' instead of 'Person k [box] colour'")
     p.add_argument("--ask", choices=("one", "all"), default="all")
     p.add_argument("--persons", default="2-4", help="lo-hi figures per image")
     p.add_argument("--size", default="224x112", help="image WxH (multiples of 28 keep the frame exact)")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from rexthinker.data.synthref.config import CANOPY, INK, LEGS, PALETTE, SKIN, TRUNK, SynthRefConfig
+from rexthinker.data.synthref.config import CANOPY, INK, LEGS, MARK_FILLS, PALETTE, SKIN, TRUNK, SynthRefConfig
 
 
 @dataclass
@@ -147,7 +147,7 @@ def render(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[Image
         draw.ellipse(crown, fill=CANOPY)
 
     if cfg.marks:
-        _draw_marks(draw, torsos)
+        _draw_marks(draw, torsos, cfg.mark_colours)
     if cfg.noise > 0:
         noise_rng = np.random.default_rng(rng.getrandbits(64))
         pixels = np.asarray(image, dtype=np.int16)
@@ -156,17 +156,20 @@ def render(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[Image
     return image, np.asarray(labels)
 
 
-def _draw_marks(draw: ImageDraw.ImageDraw, torsos: list[tuple[float, float, float, float]]) -> None:
-    """Each person's hint number in a white tag on the torso (set-of-mark prompting). Draws no
-    random numbers, so the rest of the sample is the same with and without marks."""
+def _draw_marks(draw: ImageDraw.ImageDraw, torsos: list[tuple[float, float, float, float]], colours: bool = False) -> None:
+    """Each person's hint number in a tag on the torso (set-of-mark prompting): white, or with
+    ``colours`` filled with the number's own colour (:data:`MARK_FILLS`). Draws no random numbers,
+    so the rest of the sample is the same with and without marks."""
     from PIL import ImageFont
 
     for k, (cx, half, top, bottom) in enumerate(torsos):
         side = max(8.0, min(2 * half * 0.65, (bottom - top) * 0.65))
         font = ImageFont.load_default(size=max(6, round(side * 0.85)))
         x0, y0 = cx - side / 2, (top + bottom) / 2 - side / 2
-        draw.rectangle([x0, y0, x0 + side, y0 + side], fill=(255, 255, 255))
-        draw.text((cx, y0 + side / 2), str(k + 1), fill=INK, font=font, anchor="mm")
+        fill = MARK_FILLS[k % len(MARK_FILLS)] if colours else (255, 255, 255)
+        ink = (255, 255, 255) if sum(fill) < 384 else INK
+        draw.rectangle([x0, y0, x0 + side, y0 + side], fill=fill)
+        draw.text((cx, y0 + side / 2), str(k + 1), fill=ink, font=font, anchor="mm")
 
 
 def label_boxes(labels: np.ndarray, n: int) -> list[list[int]]:
