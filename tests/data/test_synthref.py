@@ -190,3 +190,20 @@ def test_marks_draw_the_hint_numbers_inside_the_boxes_and_change_nothing_else():
             assert changed[y0:y1, x0:x1].any()  # every person got a tag
         assert not (changed & ~inside).any()
         assert (pb[changed] == 255).all(-1).mean() > 0.3  # mostly the white tags (the rest is the digits)
+
+
+def test_mark_colours_fill_each_tag_with_its_numbers_colour():
+    from rexthinker.data.synthref.config import MARK_FILLS
+
+    white = generate(6, seed=4, config=SynthRefConfig(marks=True))
+    coloured = generate(6, seed=4, config=SynthRefConfig(marks=True, mark_colours=True))
+    for a, b in zip(white, coloured):
+        assert (a.referring, a.candidate_boxes, a.think) == (b.referring, b.candidate_boxes, b.think)
+        pa = np.asarray(Image.open(io.BytesIO(a.image_bytes)).convert("RGB")).astype(int)
+        pb = np.asarray(Image.open(io.BytesIO(b.image_bytes)).convert("RGB")).astype(int)
+        for k, (x0, y0, x1, y1) in enumerate(b.candidate_boxes):
+            if k == 0:  # tag 1 is white either way
+                continue
+            region = pb[y0:y1, x0:x1].reshape(-1, 3)
+            assert (region == MARK_FILLS[k]).all(-1).sum() > 10, k  # the tag's fill is there
+            assert not (pa[y0:y1, x0:x1].reshape(-1, 3) == MARK_FILLS[k]).all(-1).any(), k  # and only with mark_colours
