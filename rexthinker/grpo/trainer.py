@@ -190,7 +190,7 @@ class GRPOTrainer:
                      include_dashboard=False, log_to_driver=True)  # fmt: skip
         self.placement_group = None
         self.learners, self.rollouts = self._start_actors(resume_from)
-        if found:
+        if found or (cfg.trainer.resume and checkpoint.step_dirs(self.ckpt_root)):
             self.resume(found)
         print(f"[grpo] {len(self.samples)} prompts, {per_epoch} steps/epoch, {self.total_steps} steps, "
               f"{cfg.algorithm.prompts_per_step} x {cfg.rollout.n} samples per step, rollouts: {cfg.rollout.backend}", flush=True)  # fmt: skip

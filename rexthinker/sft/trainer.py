@@ -103,7 +103,7 @@ class SFTTrainer:
             if dist.is_main():
                 print(f"[sft] cannot resume from {folder} ({type(problem).__name__ if problem else 'another rank failed'}: "
                       f"{problem}); trying an older checkpoint", flush=True)  # fmt: skip
-        if found:
+        if checkpoint.step_dirs(self.ckpt_root):  # never a silent fresh start over a run's checkpoints
             raise RuntimeError(f"none of the checkpoints in {self.ckpt_root} could be loaded (see above); "
                                "remove them, or set trainer.resume=false in a new output_dir")  # fmt: skip
 

@@ -57,3 +57,34 @@ def test_reward_messages_redact_their_config(tmp_path):
     assert SECRET not in str(failure.value) and REDACTED in str(failure.value)
     plugin.write_text("def judge(completions, api_key, rounds):\n    return [0.0] * len(completions)\n")
     assert SECRET not in repr(load_reward(f"{plugin}:judge", api_key=SECRET, rounds=3))
+
+
+class _Marker:
+    """Unpickling this creates a file: what a hostile checkpoint would do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_conversion_refuses_a_deepspeed_file_that_would_run_code(deepspeed_runs, tmp_path, capsys):
+    import torch
+
+    from scripts.convert_checkpoint import main as cli
+
+    step = tmp_path / "step-1"
+    shutil.copytree(deepspeed_runs["zero2"] / "checkpoints" / "step-1", step)
+    states = next((step / "learner").rglob("mp_rank_00_model_states.pt"))
+    marker = tmp_path / "pwned"
+    state = torch.load(states, weights_only=False)  # our own file, made by the fixture
+    state["hook"] = _Marker(marker)
+    torch.save(state, states)
+    assert cli([str(step / "learner"), "--out", str(tmp_path / "out")]) == 1
+    assert "posix.system" in capsys.readouterr().err and not marker.exists()
+    assert not (tmp_path / "out").exists()
+    assert cli([str(step / "learner"), "--out", str(tmp_path / "out"), "--trust-pickle"]) == 0  # the user's explicit choice
+    assert marker.exists()  # which is exactly what trusting means

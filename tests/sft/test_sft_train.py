@@ -160,3 +160,28 @@ def test_deepspeed_two_cpu_processes_match_one_process(tiny_model_path, sft_data
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_resume_refuses_an_rng_file_that_would_run_code(make_cfg, tmp_path):
+    from rexthinker.train.checkpoint import UnsafeCheckpointError
+
+    cfg = make_cfg("trainer.max_steps=2", "trainer.save_every=1")
+    run = SFTTrainer(cfg)
+    run.fit()
+    run.cleanup()
+    marker = tmp_path / "pwned"
+
+    class Marker:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    step = tmp_path / "run" / "checkpoints" / "step-1"  # the only one (the last step is saved by finish)
+    torch.save({"python": Marker()}, step / "rng" / "rank0.pt")
+    with pytest.raises(RuntimeError, match="none of the checkpoints .* could be loaded"):
+        SFTTrainer(cfg)  # its size no longer matches the manifest: damaged, and never a silent fresh start
+    manifest = json.loads((step / "COMPLETE").read_text())
+    manifest["files"]["rng/rank0.pt"] = (step / "rng" / "rank0.pt").stat().st_size
+    (step / "COMPLETE").write_text(json.dumps(manifest))  # a forger who fixes the manifest too
+    with pytest.raises(UnsafeCheckpointError, match="posix.system"):
+        SFTTrainer(cfg)
+    assert not marker.exists()
