@@ -47,7 +47,10 @@ def score(generations: Sequence[Generation], reward: str | RewardFn = DEFAULT_RE
     negatives = [i for i, g in enumerate(generations) if not g.info.answer_boxes]
 
     def mean(values, idx):
-        return sum(values[i] for i in idx) / len(idx) if idx else float("nan")
+        return sum(values[i] for i in idx) / len(idx) if idx and values is not None else float("nan")
+
+    # a custom reward may have no format or accuracy component: those numbers are then NaN
+    scores = {"format": None, "accuracy": None, **scores}
 
     every = range(len(generations))
     positive, negative = set(positives), set(negatives)

@@ -63,3 +63,16 @@ def test_a_loaded_reward_scores_with_its_own_settings():
     shaped = quickeval.score(gens, load_reward(quickeval.DEFAULT_REWARD, soft_iou_weight=0.5))
     assert shaped["accuracy_f1"] == default["accuracy_f1"] == 0.0
     assert shaped["overall"] > default["overall"]
+
+
+def test_a_reward_without_format_or_accuracy_still_scores(tmp_path):
+    """A custom GRPO reward may give only ``overall``: the evaluation reports it, the rest NaN."""
+    from rexthinker.rewards import load_reward
+
+    plugin = tmp_path / "length.py"
+    plugin.write_text("def score(completions, **kwargs):\n    return [len(c) / 100 for c in completions]\n")
+    gens = [generation("attribute", [HINTS[0]], [HINTS[0]]), generation("rejection", [], [])]
+    result = quickeval.score(gens, load_reward(f"{plugin}:score"))
+    assert math.isclose(result["overall"], sum(len(g.text) for g in gens) / 200)
+    assert math.isnan(result["format"]) and math.isnan(result["accuracy_f1"]) and math.isnan(result["rejection_acc"])
+    assert math.isnan(result["per_domain"]["attribute"]["format"])
