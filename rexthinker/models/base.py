@@ -101,11 +101,16 @@ class BaseRecipe:
     # often a snapshot of the weights is written (to <cache>/models/<name>.partial/step-N) for ``init``.
     workers: int = 0
     save_every: int = 500
+    # Where the gradient goes: the loss weight of each description line's shirt-colour token against
+    # 1 for every other answer token (the loss is the weighted mean). 1 = plain next-token loss.
+    colour_weight: float = 1.0
 
     def key(self, spec_key: str) -> str:
         payload = dict(dataclasses.asdict(self), spec_key=spec_key, version=BASE_VERSION)
         for name in ("workers", "save_every"):
             payload.pop(name)
+        if self.colour_weight == 1.0:  # builds made before the setting existed keep their key
+            payload.pop("colour_weight")
         if self.init:  # the weights it starts from, not where they happen to lie
             payload["init"] = init_digest(Path(self.init))
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
@@ -231,10 +236,9 @@ def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[
     counts = dict.fromkeys(("box", "colour", "describe", "locate"), 0)
     totals = dict.fromkeys(counts, 0)
     for row in range(gold.shape[0]):
-        idx = (gold[row] != IGNORE).nonzero().flatten()
-        if not len(idx):
+        spans = _answer_spans(gold[row])
+        if not spans:
             continue
-        spans = torch.tensor_split(idx, (torch.diff(idx) > 1).nonzero().flatten() + 1)
         for i, span in enumerate(spans):
             task = "describe" if i == 0 else "locate"
             totals[task] += 1
@@ -248,6 +252,28 @@ def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[
                     counts[name] += bool((pred[row, at] == gold[row, at]).all())
     names = {"box": "box_exact", "colour": "colour_acc", "describe": "describe_exact", "locate": "locate_exact"}
     return {names[k]: counts[k] / totals[k] for k in counts if totals[k]}
+
+
+def _answer_spans(gold_row: torch.Tensor) -> list[torch.Tensor]:
+    """The positions of each assistant turn in one row of shifted labels (the description first)."""
+    idx = (gold_row != IGNORE).nonzero().flatten()
+    return list(torch.tensor_split(idx, (torch.diff(idx) > 1).nonzero().flatten() + 1)) if len(idx) else []
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, targets, colour_weight: float) -> torch.Tensor:
+    """Next-token cross-entropy over the answer tokens, each description line's colour token weighted
+    ``colour_weight`` and every other 1 (the weighted mean; plain mean at 1)."""
+    gold = labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), gold.flatten(), ignore_index=IGNORE,
+                                               reduction="none").view_as(gold)  # fmt: skip
+    weights = (gold != IGNORE).float()
+    if colour_weight != 1.0:
+        for row in range(gold.shape[0]):
+            spans = _answer_spans(gold[row])
+            for _, colour in targets[row] if spans else ():
+                if colour:
+                    weights[row, spans[0][torch.tensor(colour)]] = colour_weight
+    return (losses * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -301,11 +327,11 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print, snap
     copy = _loader(Chats(processor, recipe, "pretrain-copy", recipe.start, recipe.copy_steps * recipe.copy_batch_size, copy=True),
                    recipe.copy_batch_size, recipe.workers, pad_id)  # fmt: skip
     history, start_time = [], time.perf_counter()
-    for step, (data, _) in enumerate(itertools.chain(copy if recipe.copy_steps else [], train)):
+    for step, (data, targets) in enumerate(itertools.chain(copy if recipe.copy_steps else [], train)):
         model.train()
         labels = data["labels"].to(device)
         logits = learner(**on_device(data)).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        loss = weighted_loss(logits, labels, targets, recipe.colour_weight)
         learner.backward(loss)
         stats = learner.step()
         row = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": stats["grad_norm"], "elapsed_s": time.perf_counter() - start_time}

@@ -139,6 +139,25 @@ def test_probes_score_the_box_and_colour_of_each_description_line(processor):
     assert probes["colour_acc"] == 1 - 1 / len(lines) and probes["box_exact"] == 1.0 and probes["describe_exact"] == 0.0
 
 
+def test_colour_weight_weights_exactly_the_colour_tokens(processor):
+    lo, hi = pixel_limits(processor)
+    image, turns = base.make_example(4, base.BaseRecipe(spec="tiny"), lo, hi)
+    f = base.build_features(processor, image, turns)
+    targets = [base.describe_targets(processor.tokenizer, turns[0][1])]
+    labels = f.labels[None]
+    logits = torch.randn(1, labels.shape[1], len(processor.tokenizer), generator=torch.Generator().manual_seed(0))
+    plain = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=IGNORE)
+    assert torch.allclose(base.weighted_loss(logits, labels, targets, 1.0), plain)
+    per_token = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:].clamp(min=0), reduction="none")
+    start = int((f.labels != IGNORE).nonzero()[0]) - 1  # shifted: position p predicts token p + 1
+    colour = torch.tensor([start + j for _, c in targets[0] for j in c])
+    answer = labels[0, 1:] != IGNORE
+    expected = (per_token[answer].sum() + 4 * per_token[colour].sum()) / (answer.sum() + 4 * len(colour))
+    assert torch.allclose(base.weighted_loss(logits, labels, targets, 5.0), expected)
+    assert base.BaseRecipe(spec="tiny").key("k") == base.BaseRecipe(spec="tiny", colour_weight=1.0).key("k")
+    assert base.BaseRecipe(spec="tiny").key("k") != base.BaseRecipe(spec="tiny", colour_weight=5.0).key("k")
+
+
 def test_scene_settings_reach_the_generator(processor):
     lo, hi = pixel_limits(processor)
     counts, sizes = set(), set()

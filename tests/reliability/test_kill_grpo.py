@@ -39,13 +39,14 @@ def straight(tiny_model_path, grpo_data, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["step.mid@2", "commit.swap@2", "eval.end", "commit.delete_old@3"])
+@pytest.mark.parametrize("fault", ["step.mid@2", "commit.stamped@2", "eval.end", "commit.delete_old@3"])
 def test_grpo_killed_then_resumed_ends_on_the_same_weights(tiny_model_path, grpo_data, straight, tmp_path, fault):  # noqa: F811
     out = tmp_path / "killed"
     args = overrides(tiny_model_path, grpo_data)
     if fault == "commit.delete_old@3":  # killed in the final evaluation first, so the restart saves step 3 again
         assert harness.run("rexthinker.grpo", CONFIG, args, out, fault="eval.end") != 0, harness.tail(out)
-    harness.killed_then_resumed("rexthinker.grpo", CONFIG, args, out, fault)
+    # Ray's node agents notice their raylet is gone and exit on their own, after a while
+    harness.killed_then_resumed("rexthinker.grpo", CONFIG, args, out, fault, linger_s=180)
     harness.same_weights(straight, out)
     assert checkpoint.latest(out / "checkpoints") == out / "checkpoints" / "step-3"
 
