@@ -180,9 +180,10 @@ class GRPOTrainer:
         save_config(cfg, self.out / "config.yaml")
         self.logger = MetricLogger(self.out, cfg.trainer.report_to, cfg.trainer.run_name, to_dict(cfg))
 
+        found = []  # checkpoints to resume from, newest first
         if cfg.trainer.resume:
             checkpoint.recover(self.ckpt_root)
-        found = checkpoint.candidates(self.ckpt_root) if cfg.trainer.resume else []
+            found = checkpoint.candidates(self.ckpt_root)
         resume_from = found[0] if found else None
         env = {k: os.environ[k] for k in ACTOR_ENV if k in os.environ}
         if not ray.is_initialized():
@@ -190,7 +191,7 @@ class GRPOTrainer:
                      include_dashboard=False, log_to_driver=True)  # fmt: skip
         self.placement_group = None
         self.learners, self.rollouts = self._start_actors(resume_from)
-        if found or (cfg.trainer.resume and checkpoint.step_dirs(self.ckpt_root)):
+        if cfg.trainer.resume and checkpoint.step_dirs(self.ckpt_root):  # damaged ones too: never a silent fresh start
             self.resume(found)
         print(f"[grpo] {len(self.samples)} prompts, {per_epoch} steps/epoch, {self.total_steps} steps, "
               f"{cfg.algorithm.prompts_per_step} x {cfg.rollout.n} samples per step, rollouts: {cfg.rollout.backend}", flush=True)  # fmt: skip
@@ -291,14 +292,12 @@ class GRPOTrainer:
 
     def sync_weights(self) -> None:
         """The learners' weights into every rollout engine (rank 0 holds them in full)."""
-
         weights = [learner.weights.remote() for learner in self.learners]  # the other ranks' are empty
         names = self._names(rollouts=self.rollouts) + self._names(self.learners)[1:]
         self._gather([w.load_weights.remote(weights[0]) for w in self.rollouts] + weights[1:], names, "weight sync")
 
     def _on_learners(self, method: str, *args) -> list:
         """``method(*args)`` on every learner rank at once (their collectives must all meet)."""
-
         return self._gather([getattr(learner, method).remote(*args) for learner in self.learners], self._names(self.learners), method)
 
     # --- data ----------------------------------------------------------------------------------
@@ -319,7 +318,6 @@ class GRPOTrainer:
         return requests, infos
 
     def _generate(self, requests, n):
-
         """The groups of ``n`` completions, the requests split over the engines. An engine that dies is
         restarted by Ray (``resources.actor_restarts`` times), given the current weights, and the
         rollouts are run again: requests carry their own seeds, so the retry samples the same."""
@@ -340,7 +338,6 @@ class GRPOTrainer:
 
     # --- one step ------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-
         cfg, alg = self.cfg, self.cfg.algorithm
         n = cfg.rollout.n
         metrics: dict[str, float] = {}
@@ -420,7 +417,6 @@ class GRPOTrainer:
 
     def sequence_kl(self, prompts, responses, costs) -> list[float]:
         """KL(policy || reference) of each response, the responses split over the learner ranks."""
-
         parts = rank_batches(prompts, responses, costs, len(self.learners), self.cfg.algorithm.share_prompts)
         futures = [learner.sequence_kl.remote(b.prompts, b.responses) for learner, b in zip(self.learners, parts)]
         results = self._gather(futures, self._names(self.learners), "sequence KL")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import pickle
 import random
@@ -39,8 +38,6 @@ import numpy as np
 import torch
 
 from rexthinker.train import dist, faults
-
-logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 COMPLETE = "COMPLETE"
@@ -75,12 +72,12 @@ def commit(tmp: Path, trainer_state: dict, keep: int | None = None) -> Path:
     step = int(STEP_DIR.match(final.name).group(1))
     if dist.is_main():
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                _fsync(path)
+        paths = sorted(tmp.rglob("*"))
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in paths if p.is_file()}
+        for name in files:
+            _fsync(tmp / name)
         _write_synced(tmp / COMPLETE, json.dumps({"files": files}) + "\n")
-        for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+        for folder in [tmp, *(p for p in paths if p.is_dir())]:
             _fsync(folder)
         faults.point("commit.stamped", step)
         old = root / f".old-{final.name}"
@@ -174,11 +171,10 @@ def candidates(root: Path) -> list[Path]:
     """Checkpoints to resume from, newest first, without those whose files do not match their
     manifest (each one skipped is logged)."""
     usable = []
-    for step, folder in reversed(step_dirs(root)):
+    for _, folder in reversed(step_dirs(root)):
         problem = verify(folder)
         if problem:
-            logger.warning("checkpoint %s is damaged (%s); trying an older one", folder, problem)
-            print(f"[checkpoint] skipping {folder}: {problem}", flush=True)
+            print(f"[checkpoint] skipping {folder}, it is damaged: {problem}", flush=True)
         else:
             usable.append(folder)
     return usable
