@@ -22,6 +22,11 @@ to the last bit, quirks included, so they can sit beside published ones:
 - means are unweighted over samples, per domain, sub-domain and target-count bucket (``1``, ``2-5``,
   ``6-10``, ``>10``); "All Data" pools every non-rejection sample.
 
+Beside it, not part of the official script: RefCOCO/+/g-style top-1 accuracy, Acc@0.5, over the
+samples with exactly one target box: the first predicted box is correct when its IoU with the
+target is at least 0.5 (the same IoU; no box, a rejection or a malformed row is wrong). Samples with
+zero or several targets are not scored; the report says how many were. Box files only.
+
 ``--mode corrected`` fixes the parts that make the official numbers depend on annotation order and
 float noise: matching is a maximum one-to-one assignment (boxes and points), thresholds are the exact
 decimals 0.5, 0.55, ..., 0.95, DensityF1's penalty is min(1, |gt|/|pred|) straight, and a sample with
@@ -61,7 +66,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from evaluation.metric_inputs import GroundTruth, PredictionFile, load_ground_truth, load_predictions, prepare_predictions
+from evaluation.metric_inputs import GroundTruth, PredictionFile, Predictions, load_ground_truth, load_predictions, prepare_predictions
 from evaluation.metric_match import Pairs, box_iou_pairs, greedy_match_counts, optimal_match_counts
 from evaluation.metric_report import markdown_report, write_report
 from evaluation.metric_results import BUCKETS, CORRECTED_SUFFIX, MODES, ModelResult, SampleScores, Scores
@@ -127,6 +132,7 @@ def evaluate(
     domains, subdomains, buckets = (gt.groups[key] for key in ("domain", "subdomain", "bucket"))
     pooled = scored.size > 0
     missing = np.flatnonzero(~preds.present)
+    acc_50, acc_50_samples = _top1_accuracy(gt, preds) if preds.kind == "box" else (None, 0)
     return ModelResult(
         name=name,
         mode=mode,
@@ -146,7 +152,21 @@ def evaluate(
         duplicate_ids=preds.duplicates,
         unknown_ids=preds.unknown,
         per_sample=SampleScores([gt.ids[i] for i in scored], matches, n_gt, n_pred, recall, precision, densityf1),
+        acc_50=acc_50,
+        acc_50_samples=acc_50_samples,
     )
+
+
+def _top1_accuracy(gt: GroundTruth, preds: Predictions) -> tuple[float | None, int]:
+    """RefCOCO-style Acc@0.5 and the number of samples it scores: those with exactly one target,
+    right when their first predicted box has IoU >= 0.5 with it (None when there is no such sample)."""
+    single = np.flatnonzero(gt.n_gt == 1)
+    if single.size == 0:
+        return None, 0
+    answered = single[preds.counts[single] > 0]  # no box (missing, empty, [[]], malformed): wrong
+    first = (np.cumsum(preds.counts) - preds.counts)[answered]
+    iou = box_iou_pairs(gt.boxes[gt.box_start[answered]], preds.values[first])
+    return int((iou >= 0.5).sum()) / int(single.size), int(single.size)
 
 
 def _point_pairs(gt: GroundTruth, scored: np.ndarray, points: np.ndarray, n_points: np.ndarray):

@@ -2,7 +2,8 @@
 
 :func:`domain_rows` and :func:`bucket_rows` build the two tables in the official order (models
 ranked by DensityF1 within each group), :func:`comparison_json` and :func:`markdown_report` render
-them, :func:`details_json` keeps full precision and every reported problem, :func:`write_charts` draws
+them (the markdown adds the RefCOCO-style Acc@0.5 of :func:`top1_rows`; ``comparison.json`` keeps
+the official layout), :func:`details_json` keeps full precision and every reported problem, :func:`write_charts` draws
 the two PNG charts and :func:`write_report` writes all of these into one folder.
 """
 
@@ -141,6 +142,19 @@ def markdown_report(results: ModelResult | Sequence[ModelResult]) -> str:
         "",
         _markdown_table(bucket_rows(results), ("Box Count",)),
     ]
+    top1 = top1_rows(results)
+    if top1:
+        parts += [
+            "",
+            "## Top-1 accuracy (RefCOCO-style Acc@0.5)",
+            "",
+            "Samples with exactly one target box: the first predicted box is correct when its IoU with the target is at "
+            "least 0.5 (no box is wrong). Samples with zero or several targets are not scored.",
+            "",
+            "| Model | Acc@0.5 | Samples scored | Not scored (0 or 2+ targets) |",
+            "|---|---|---|---|",
+            *(f"| {r['model']} | {r['acc_50']} | {r['samples']} | {r['not_scored']} |" for r in top1),
+        ]
     names = {r.name for r in results}
     notes = [
         line
@@ -151,6 +165,19 @@ def markdown_report(results: ModelResult | Sequence[ModelResult]) -> str:
     if notes:
         parts += ["", "## Notes", "", *notes]
     return "\n".join(parts) + "\n"
+
+
+def top1_rows(results: ModelResult | Sequence[ModelResult]) -> list[dict]:
+    """One row per box result: Acc@0.5 as printed (``""`` when no sample has exactly one target),
+    the samples it scored and the ground-truth samples it did not."""
+    rows = []
+    for r in _as_list(results):
+        if r.kind != "box":
+            continue
+        total = r.rejection_total + (r.all_data.samples if r.all_data is not None else 0)
+        acc = "" if r.acc_50 is None else f"{r.acc_50:.3f}"
+        rows.append({"model": r.name, "acc_50": acc, "samples": r.acc_50_samples, "not_scored": total - r.acc_50_samples})
+    return rows
 
 
 _MODE_NOTE = {
@@ -191,6 +218,8 @@ def details_json(results: ModelResult | Sequence[ModelResult]) -> dict:
                 "kind": r.kind,
                 "thresholds": list(r.thresholds),
                 **r.summary(),
+                "acc_50": r.acc_50,
+                "acc_50_samples": r.acc_50_samples,
                 "missing_ids": r.missing_ids,
                 "missing_rejection_ids": r.missing_rejection_ids,
                 "malformed_rows": [asdict(e) for e in r.malformed],

@@ -99,6 +99,8 @@ class ModelResult:
     duplicate_ids: list[str] = field(default_factory=list)  # ids predicted more than once (last row kept)
     unknown_ids: list[str] = field(default_factory=list)  # predicted ids absent from the ground truth
     per_sample: SampleScores | None = None
+    acc_50: float | None = None  # RefCOCO-style top-1 Acc@0.5 over the single-target samples (box files; evaluation.metric)
+    acc_50_samples: int = 0  # the samples Acc@0.5 scored: those with exactly one target box
 
     @property
     def is_point(self) -> bool:

@@ -11,7 +11,8 @@ are mapped back to original pixels and written, one row per sample, to ``OUT/pre
 ``{"id", "extracted_predictions", "raw_response", "prompt"}`` (``[]`` when the model rejects or its
 answer cannot be read; ``run.json`` counts both). Then ``evaluation.metric`` scores the file and the
 table is printed and written to ``OUT/comparison.md`` / ``comparison.json`` (plus ``details.json``
-and charts).
+and charts), with the RefCOCO-style Acc@0.5 of the single-target samples beside it (``data_tools
+refcocog`` writes such rows).
 
 Defaults follow the reference evaluation: the HumanRef user text (``--template humanref_eval``),
 THINK_PROMPT as the system message, pixel limits 256*28*28 .. 1280*28*28, greedy decoding.
@@ -384,7 +385,8 @@ def score(cfg: RunConfig, selected: Sequence[RefSample], predictions: Path):
 
 def _headline(result) -> dict:
     scores = result.all_data
-    out = {"mode": result.mode, "rejection_score": result.rejection_score, "rejection_total": result.rejection_total}
+    out = {"mode": result.mode, "rejection_score": result.rejection_score, "rejection_total": result.rejection_total,
+           "acc_50": result.acc_50, "acc_50_samples": result.acc_50_samples}  # fmt: skip
     if scores is not None:
         out.update(samples=scores.samples, recall=scores.recall_50_95, precision=scores.precision_50_95,
                    densityf1=scores.densityf1_50_95)  # fmt: skip

@@ -7,7 +7,10 @@ GRPO stage trains on, so the numbers are the training objective's, measured on u
   and a readable answer;
 - ``accuracy_f1``: mean IoU-matched F1 over samples that have targets;
 - ``rejection_acc``: share of no-target samples answered with no box;
-- ``per_domain``: the three again for each sample domain.
+- ``acc_50``: RefCOCO-style top-1 accuracy over the samples with exactly one target (their count is
+  ``acc_50_samples``; the others are not scored): right when the answer's first box has IoU >= 0.5
+  with the target (``rexthinker.boxes.box_iou``; no readable box is wrong);
+- ``per_domain``: format, accuracy-F1 and rejection accuracy again for each sample domain.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rexthinker.boxes import box_iou, detection_f1
+from rexthinker.contracts.completion import parse_completion
 from rexthinker.generation import Generation
 from rexthinker.rewards import RewardFn, load_reward
 
@@ -63,21 +68,31 @@ def score(generations: Sequence[Generation], reward: str | RewardFn = DEFAULT_RE
             "accuracy_f1": mean(scores["accuracy"], [i for i in idx if i in positive]),
             "rejection_acc": mean(scores["accuracy"], [i for i in idx if i in negative]),
         }
+    single = [g for g in generations if len(g.info.answer_boxes) == 1]
     return {
         "samples": len(generations),
         "format": mean(scores["format"], every),
         "accuracy_f1": mean(scores["accuracy"], positives),
         "rejection_acc": mean(scores["accuracy"], negatives),
         "overall": mean(scores["overall"], every),
+        "acc_50": sum(map(top1_correct, single)) / len(single) if single else float("nan"),
+        "acc_50_samples": len(single),
         "mean_tokens": sum(g.num_tokens for g in generations) / max(1, len(generations)),
         "per_domain": per_domain,
     }
 
 
+def top1_correct(generation: Generation, threshold: float = 0.5) -> bool:
+    """The answer's first box overlaps the sample's first target with IoU >= ``threshold`` (model frame)."""
+    answer = parse_completion(generation.text).answer
+    if not (answer.ok and answer.boxes and generation.info.answer_boxes):
+        return False
+    return box_iou(answer.boxes[0], generation.info.answer_boxes[0]) >= threshold
+
+
 def baselines(samples, domains: Sequence[str] | None = None) -> dict[str, dict]:
     """Scores of two trivial policies on the same ``(hint boxes, answer boxes)`` samples: every hint
     box, and no box; with ``domains`` (one per sample) also per domain."""
-    from rexthinker.boxes import detection_f1
 
     def rates(rows) -> dict[str, float]:
         pos = [v for v, gt in rows if gt]

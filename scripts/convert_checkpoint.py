@@ -4,12 +4,17 @@
     python scripts/convert_checkpoint.py outputs/sft/checkpoints/step-500 --layout deepspeed --dtype bf16 --out release/sft-bf16
     python scripts/convert_checkpoint.py checkpoints/easy_r1/rexthinker/global_step_300/actor --out release/grpo --check-vllm
     python scripts/convert_checkpoint.py release/grpo-src --out release/grpo --push-to-hub me/rexthinker-grpo
+    python scripts/convert_checkpoint.py outputs/sft-lora/checkpoints/step-500 --layout adapter --out release/sft-lora-merged
+    python scripts/convert_checkpoint.py outputs/sft-lora/checkpoints/step-500 --adapter-only --out release/sft-lora-adapter
 
 Inputs (detected, or forced with ``--layout``): a Hugging Face folder or our ``step-N`` folder
 (``hf``), our single-process ``learner/learner.pt`` (``learner``), our DeepSpeed ZeRO-2/3 states
 under ``learner/`` (``deepspeed``, full fp32 weights rebuilt from the shards, frozen ones
-included), and the reference trainer's ``model_world_size_{W}_rank_{r}.pt`` files beside
-``huggingface/`` (``reference``). Output: safetensors (sharded above ``--max-shard-size``), config,
+included), the reference trainer's ``model_world_size_{W}_rank_{r}.pt`` files beside
+``huggingface/`` (``reference``), and a peft LoRA adapter (``step-N/adapter`` of a ``model.lora``
+run, ``adapter``) merged into its base model (``adapter_config.json`` names it; ``--hf-files``
+overrides). A LoRA run's ``step-N/hf`` is already merged and converts as ``hf``; ``--adapter-only``
+writes the checked adapter alone, in peft's format, instead of a merged model. Output: safetensors (sharded above ``--max-shard-size``), config,
 generation config, processor with its chat template, and a ``README.md`` model card filled from the
 run's files (base model, stage, steps, data, reward, quick-eval numbers), nothing invented.
 
@@ -31,7 +36,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rexthinker.convert import DTYPES, ConversionError, convert, push_to_hub
+from rexthinker.convert import DTYPES, ConversionError, convert, export_adapter, push_to_hub
 from rexthinker.convert.layouts import LAYOUTS
 
 
@@ -48,17 +53,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trust-pickle", action="store_true",
                         help="let DeepSpeed unpickle files that hold classes beyond its own (runs their code; only for files you made)")
     parser.add_argument("--check-vllm", action="store_true", help="also load the result in vLLM and generate a few tokens")
+    parser.add_argument("--adapter-only", action="store_true",
+                        help="write the LoRA adapter alone (peft format) instead of a merged model; --hf-files names its base")
     parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload to this Hugging Face repository after the checks")
     parser.add_argument("--public", action="store_true", help="make the --push-to-hub repository public (default: private)")
     args = parser.parse_args(argv)
     if args.public and not args.push_to_hub:
         parser.error("--public only applies with --push-to-hub")
+    if args.adapter_only and (args.dtype or args.check_vllm or args.layout not in (None, "adapter")):
+        parser.error("--adapter-only copies the adapter as it is: no --dtype, --check-vllm or other --layout")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.adapter_only:
+            print(export_adapter(args.source, args.out, hf_files=args.hf_files), flush=True)
+            if args.push_to_hub:
+                print(f"pushed   {push_to_hub(args.out, args.push_to_hub, public=args.public)} ({'public' if args.public else 'private'})")
+            return 0
         report = convert(
             args.source, args.out, layout=args.layout, dtype=args.dtype, max_shard_size=args.max_shard_size,
             hf_files=args.hf_files, base_model=args.base_model, stage=args.stage, vllm=args.check_vllm,

@@ -6,6 +6,6 @@ folder, ``card`` writes its README, ``pipeline`` runs the whole conversion.
 """
 
 from rexthinker.convert.keys import ConversionError
-from rexthinker.convert.pipeline import DTYPES, ConversionReport, convert, push_to_hub
+from rexthinker.convert.pipeline import DTYPES, ConversionReport, convert, export_adapter, push_to_hub
 
-__all__ = ["DTYPES", "ConversionError", "ConversionReport", "convert", "push_to_hub"]
+__all__ = ["DTYPES", "ConversionError", "ConversionReport", "convert", "export_adapter", "push_to_hub"]

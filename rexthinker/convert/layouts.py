@@ -6,10 +6,14 @@
 | `learner`   | our single-process `learner/learner.pt` {"model", ...}      | `step-N/hf`             |
 | `deepspeed` | our DeepSpeed ZeRO-2/3 states (`learner/` with `latest`)    | `step-N/hf`             |
 | `reference` | `model_world_size_{W}_rank_{r}.pt` + `huggingface/`         | `huggingface/`          |
+| `adapter`   | a peft LoRA adapter (`step-N/adapter`), merged into its base | the base model folder   |
 
 A ``step-N`` folder of ours holds both an ``hf/`` export and the learner states; it converts the
 ``hf/`` export unless a layout is asked for (``--layout learner`` or ``deepspeed`` takes the
 learner's full-precision weights instead, which differ from ``hf/`` when training ran in bf16).
+A LoRA run's ``hf/`` is already the merged model; its learner states hold the adapters alone, so
+``--layout adapter`` merges ``adapter/`` into the base named in ``adapter_config.json`` (or
+``--hf-files``) instead.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import torch
 
 from rexthinker.convert.keys import LAYOUT_RULES, ConversionError, rename_all
 from rexthinker.convert.reference import RANK_FILE, merge
+from rexthinker.models import lora
 from rexthinker.train.checkpoint import UnsafeCheckpointError, check_pickles
 
-LAYOUTS = ("hf", "learner", "deepspeed", "reference")
+LAYOUTS = ("hf", "learner", "deepspeed", "reference", "adapter")
 
 
 @dataclass
@@ -58,6 +63,8 @@ def detect(path: Path) -> str:
         raise ConversionError(f"{path}: no such checkpoint folder")
     if _has_rank_files(path):
         return "reference"
+    if (path / "adapter_config.json").is_file():
+        return "adapter"
     if (path / "learner.pt").is_file():
         return "learner"
     if _is_deepspeed(path):
@@ -87,6 +94,11 @@ def resolve(path: Path, layout: str | None = None, hf_files: Path | None = None)
     elif layout == "deepspeed":
         weights = step_dir / "learner" if step_dir else path
         near = [weights.parent / "hf", weights.parent.parent / "hf"]
+    elif layout == "adapter":  # the base model, never a step's hf/ (that one has the adapters merged already)
+        weights = step_dir / "adapter" if step_dir else path
+        spec = weights / "adapter_config.json"
+        base = json.loads(spec.read_text()).get("base_model_name_or_path") if spec.is_file() else None
+        near = [Path(base) if base else weights]
     else:
         weights = path
         near = [path / "huggingface"]
@@ -128,6 +140,9 @@ def read_learner(source: Source, shapes) -> tuple[dict, dict]:
     state = torch.load(source.path, map_location="cpu", mmap=True, weights_only=True)
     if not isinstance(state, dict) or "model" not in state:
         raise ConversionError(f"{source.path}: expected a dict with a 'model' state dict (Learner.save_state)")
+    if lora.adapter_state(state["model"]):
+        raise ConversionError(f"{source.path} holds LoRA adapters only (the base stays frozen): convert the step folder "
+                              "(its hf/ is the merged model), or its adapter/ with --layout adapter")  # fmt: skip
     return _renamed(state["model"], "learner", str(source.path))
 
 
@@ -160,9 +175,21 @@ def read_reference(source: Source, shapes) -> tuple[dict, dict]:
     return merged, names
 
 
+def read_adapter(source: Source, shapes) -> tuple[dict, dict]:
+    """The base model's weights (``hf_files``) with the LoRA adapter merged: ``W + alpha / r * B @ A``."""
+    tensors, names = read_hf(Source("hf", source.hf_files, source.hf_files), shapes)
+    try:
+        adapters, scale = lora.read_adapter(source.path)
+        merged = lora.merge(tensors, adapters, scale)
+    except (KeyError, ValueError) as exc:
+        raise ConversionError(f"{source.path}: {exc}") from None
+    source.notes.append(f"LoRA adapter of {len(adapters)} modules (scale {scale:g}) merged into the base {source.hf_files}")
+    return merged, names
+
+
 def _renamed(raw: dict, layout: str, where: str) -> tuple[dict, dict]:
     mapping = rename_all(raw.keys(), LAYOUT_RULES[layout], where)
     return {mapping[k]: v for k, v in raw.items()}, {v: k for k, v in mapping.items()}
 
 
-READERS = {"hf": read_hf, "learner": read_learner, "deepspeed": read_deepspeed, "reference": read_reference}
+READERS = {"hf": read_hf, "learner": read_learner, "deepspeed": read_deepspeed, "reference": read_reference, "adapter": read_adapter}

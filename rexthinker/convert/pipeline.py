@@ -16,6 +16,7 @@ from rexthinker.convert import card
 from rexthinker.convert.keys import ConversionError, Skeleton
 from rexthinker.convert.layouts import READERS, resolve
 from rexthinker.convert.verify import check_files, check_vllm, compare_tensors, logits, probe_inputs, tolerance
+from rexthinker.models import lora
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -140,6 +141,52 @@ def convert(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def export_adapter(source: str | Path, out: str | Path, *, hf_files: str | Path | None = None) -> str:
+    """The LoRA adapter of ``source`` (a peft adapter folder or a LoRA run's ``step-N``) alone, in
+    peft's format, after checking it: every adapted module exists in the base with matching shapes,
+    and peft's own loading of the written adapter onto the base gives the logits of the merged
+    weights. Returns a one-line report."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    out = Path(out).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConversionError(f"{out} already exists; choose a new folder or remove it")
+    src = resolve(Path(source), "adapter", Path(hf_files) if hf_files else None)
+    config, processor, _, _ = load_hf_files(src.hf_files)
+    skeleton = Skeleton(config)
+    state, _ = READERS["adapter"](src, skeleton.shapes)  # merged: checks every module against the base
+    state = skeleton.complete(state, where=str(src.path))
+    adapters, _ = lora.read_adapter(src.path)
+    for module, ab in adapters.items():
+        out_features, in_features = skeleton.shapes[f"{module}.weight"]
+        if ab["A"].shape[1] != in_features or ab["B"].shape[0] != out_features or ab["A"].shape[0] != ab["B"].shape[1]:
+            raise ConversionError(f"{src.path}: adapter of {module!r} has shapes A {tuple(ab['A'].shape)}, B {tuple(ab['B'].shape)} "
+                                  f"for a {out_features} x {in_features} weight")  # fmt: skip
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(src.path / name, tmp / name)
+        dtype, _ = settle_dtype(state)
+        inputs = probe_inputs(processor)
+        want = logits(instantiate(config, state, dtype), inputs)
+        base = AutoModelForImageTextToText.from_pretrained(src.hf_files, dtype=dtype)
+        got = logits(PeftModel.from_pretrained(base, tmp), inputs)
+        diff = float((got - want).abs().max())
+        tol, note = tolerance(dtype, dtype, want)
+        if not diff <= tol:
+            raise ConversionError(f"peft's loading of the adapter differs from the merged weights by {diff:.3g} (tolerance {tol:.3g}, {note})")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return (f"adapter  {out}: {len(adapters)} adapted modules for the base {src.hf_files}; peft loads it onto the base "
+            f"with the merged model's logits (max |diff| {diff:.3g})")  # fmt: skip
 
 
 def load_hf_files(folder: Path):

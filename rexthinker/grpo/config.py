@@ -38,6 +38,10 @@ class AlgorithmConfig:
     share_prompts: bool = True  # run each prompt (and image) once per micro-batch for all its responses
     response_chunk: int = 128  # with share_prompts: response columns per pass, finished rows dropped (0: one pass)
     filter_zero_variance: bool = False  # DAPO-style: drop groups whose rewards are all equal
+    # With filter_zero_variance, DAPO's dynamic sampling: up to this many extra rounds per step, each
+    # drawing as many new prompts as groups are missing, until prompts_per_step groups have signal
+    # (0: none, the batch shrinks instead; a step that keeps no group skips its update).
+    refill_rounds: int = 0
     entropy_coef: float = 0.0
 
 
@@ -72,6 +76,7 @@ class GRPOTrainerConfig(TrainerConfig):
     output_dir: str = "outputs/grpo"
     run_name: str = "grpo"
     sample_table_every: int = 10  # log a table of generations every K steps
+    val_every: int = 0  # the eval section's evaluation every K steps, logged as val/<name> (0: only at the start and end)
 
 
 @dataclass
@@ -96,3 +101,9 @@ class GRPOConfig:
                               "'single' trains in one process")  # fmt: skip
         if self.resources.rollout_engines < 1:
             raise ConfigError(f"resources.rollout_engines must be at least 1, got {self.resources.rollout_engines}")
+        refill = self.algorithm.refill_rounds
+        if refill < 0 or (refill and not self.algorithm.filter_zero_variance):
+            raise ConfigError(f"algorithm.refill_rounds={refill} must be 0, or positive with algorithm.filter_zero_variance=true "
+                              "(it refills the groups that filter drops)")  # fmt: skip
+        if self.trainer.val_every < 0 or (self.trainer.val_every and not self.eval.enabled):
+            raise ConfigError(f"trainer.val_every={self.trainer.val_every} must be 0, or positive with eval.enabled=true")

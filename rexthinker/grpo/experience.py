@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from rexthinker.grpo.algorithm import entropy_from_logits, token_logprobs
+from rexthinker.models import lora
 
 
 @dataclass
@@ -168,8 +169,9 @@ def collate_shared(seqs: Sequence[TokenSequence], pad_id: int) -> dict[str, torc
 
 
 def _hf_model(model):
-    """The transformers model behind a :class:`~rexthinker.train.learner.Learner` or itself."""
-    return getattr(model, "module", model)
+    """The transformers model behind a :class:`~rexthinker.train.learner.Learner`, a LoRA model
+    (or its :class:`~rexthinker.models.lora.BasePolicy`), or itself."""
+    return lora.base_model(getattr(model, "module", model))
 
 
 def _shared_chunks(model, batch: dict[str, torch.Tensor], chunk: int = 0):

@@ -3,6 +3,10 @@
     prompts -> rollouts (n per prompt) -> rewards -> group advantages -> [reference / old log-probs
     -> policy update] (PolicyWorker) -> weight sync to the rollout engines -> log -> checkpoint
 
+Prompts, rollouts, rewards and the zero-variance filter run as one round (``rollout_round``, a
+:class:`Rollouts`); with ``algorithm.refill_rounds``, further rounds draw new prompts for the groups
+the filter dropped (DAPO's dynamic sampling).
+
 The roles run as Ray actors (:mod:`rexthinker.grpo.workers`); the driver holds no model. The
 learner may be several data-parallel ranks (``resources.learner_ranks``, DeepSpeed ZeRO): the
 driver splits each step's responses over them by token count and calls them all at once. Every
@@ -132,6 +136,56 @@ def merge_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
     return merged
 
 
+@dataclass
+class Rollouts:
+    """Prompts and their scored groups of completions: ``group_ids[k]`` is the prompt (index into
+    ``samples``) of ``completions[k]``; ``keep`` marks the completions of groups with signal (all of
+    them without ``algorithm.filter_zero_variance``)."""
+
+    samples: list
+    requests: list[Request]
+    infos: list
+    completions: list
+    group_ids: list[int]
+    scores: dict[str, list[float]]
+    rewards: torch.Tensor  # the overall reward, less the KL penalty with kl_mode=reward
+    keep: torch.Tensor
+    epoch: int  # of the last prompt
+    kl: torch.Tensor | None = None  # each completion's KL to the reference (kl_mode=reward only)
+
+    @property
+    def groups_kept(self) -> int:
+        return len({g for g, k in zip(self.group_ids, self.keep.tolist()) if k})
+
+    def learner_inputs(self) -> tuple[list, list, list[float]]:
+        """``(prompt, image)`` per prompt, ``(prompt index, token ids)`` per completion, and each
+        completion's cost for splitting over learner ranks: its tokens plus an estimate of its
+        prompt's (one image token per PATCH_FACTOR x PATCH_FACTOR pixels of the model frame, ~4
+        characters a token)."""
+        prompts = [(r.prompt, r.image) for r in self.requests]
+        responses = [(g, c.token_ids) for g, c in zip(self.group_ids, self.completions)]
+        prompt_tokens = [info.model_size[0] * info.model_size[1] / PATCH_FACTOR**2 + len(r.prompt) / 4
+                         for r, info in zip(self.requests, self.infos)]  # fmt: skip
+        return prompts, responses, [prompt_tokens[g] + len(ids) for g, ids in responses]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Rollouts]) -> Rollouts:
+        """The rounds of a step as one batch (their prompts one after another)."""
+        offsets = np.cumsum([0, *(len(p.samples) for p in parts)]).tolist()
+        return cls(
+            samples=[s for p in parts for s in p.samples],
+            requests=[r for p in parts for r in p.requests],
+            infos=[i for p in parts for i in p.infos],
+            completions=[c for p in parts for c in p.completions],
+            group_ids=[g + offset for p, offset in zip(parts, offsets) for g in p.group_ids],
+            scores={k: [v for p in parts for v in p.scores[k]] for k in parts[0].scores},
+            rewards=torch.cat([p.rewards for p in parts]),
+            keep=torch.cat([p.keep for p in parts]),
+            epoch=parts[-1].epoch,
+            kl=torch.cat([p.kl for p in parts]) if parts[0].kl is not None else None,
+        )
+
+
 def _rendezvous() -> tuple[str, int]:
     """This node's IP and a free TCP port: where learner rank 0 hosts the process group."""
     import socket
@@ -176,6 +230,8 @@ class GRPOTrainer:
         self.total_steps = cfg.trainer.max_steps or max(1, math.ceil(cfg.trainer.epochs * per_epoch))
         self.per_epoch = per_epoch
         self.step = 0
+        self.data_position = 0  # prompts drawn so far (draw_prompts); a checkpoint stores it
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation of the samples)
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
         self.logger = MetricLogger(self.out, cfg.trainer.report_to, cfg.trainer.run_name, to_dict(cfg))
@@ -276,7 +332,10 @@ class GRPOTrainer:
         for i, folder in enumerate(found):
             try:
                 self._on_learners("load", str(folder))
-                self.step = checkpoint.read_state(folder)["step"]
+                state = checkpoint.read_state(folder)
+                self.step = state["step"]
+                # A checkpoint written before refills existed holds no position: every step then drew one batch.
+                self.data_position = state.get("data_position", self.step * self.cfg.algorithm.prompts_per_step)
             except (ray.exceptions.RayTaskError, OSError, ValueError, KeyError) as exc:
                 cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
                 if isinstance(cause, checkpoint.UnsafeCheckpointError):
@@ -301,16 +360,26 @@ class GRPOTrainer:
         return self._gather([getattr(learner, method).remote(*args) for learner in self.learners], self._names(self.learners), method)
 
     # --- data ----------------------------------------------------------------------------------
-    def prompts_for_step(self, step: int):
-        """The step's prompts: a fixed per-epoch permutation, so a resumed run sees the same data."""
-        b = self.cfg.algorithm.prompts_per_step
-        epoch, within = divmod(step, self.per_epoch)
-        order = np.random.default_rng([self.cfg.trainer.seed, epoch]).permutation(len(self.samples))
-        return [self.samples[int(i)] for i in order[within * b : (within + 1) * b]], epoch
+    def draw_prompts(self, count: int):
+        """The next ``count`` prompts from ``data_position`` on (which they advance), and the epoch of
+        the last one. Each epoch is a fixed permutation of the samples (seeded by ``trainer.seed`` and
+        the epoch) cut to whole steps, so the prompts depend only on the position, which a checkpoint
+        stores: a resumed run draws what an uninterrupted one would, refills included."""
+        epoch_len = self.per_epoch * self.cfg.algorithm.prompts_per_step
+        prompts, epoch = [], 0
+        for position in range(self.data_position, self.data_position + count):
+            epoch, within = divmod(position, epoch_len)
+            if self._order is None or self._order[0] != epoch:
+                self._order = (epoch, np.random.default_rng([self.cfg.trainer.seed, epoch]).permutation(len(self.samples)))
+            prompts.append(self.samples[int(self._order[1][within])])
+        self.data_position += count
+        return prompts, epoch
 
-    def build_requests(self, samples, step: int, seed_base: int):
+    def build_requests(self, samples, step: int, seed_base: int, first: int = 0):
+        """Requests for ``samples``, the step's prompts ``first`` on: their sampling (and hint shuffle)
+        seeds come from the step and that index."""
         requests, infos = [], []
-        for i, sample in enumerate(samples):
+        for i, sample in enumerate(samples, first):
             shuffle = _seed(self.cfg.trainer.seed, step, i, 7) if self.cfg.data.shuffle_hints else None
             r = render_request(sample, self.processor, self.cfg.data.template, self.cfg.data.instruction, shuffle_seed=shuffle)
             requests.append(Request(r.prompt, r.image, _seed(seed_base, step, i)))
@@ -339,56 +408,33 @@ class GRPOTrainer:
     # --- one step ------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         cfg, alg = self.cfg, self.cfg.algorithm
-        n = cfg.rollout.n
         metrics: dict[str, float] = {}
         t_step = time.perf_counter()
+        failed_before = self.reward.errors.failed  # the count accumulates over the run
 
-        with self.timed(metrics, "prompts"):
-            samples, epoch = self.prompts_for_step(self.step)
-            requests, infos = self.build_requests(samples, self.step, cfg.trainer.seed)
-
-        with self.timed(metrics, "rollout"):
-            groups = self._generate(requests, n)
-        completions = [c for g in groups for c in g]
-        group_ids = [i for i, g in enumerate(groups) for _ in g]
-
-        with self.timed(metrics, "reward"):
-            failed_before = self.reward.errors.failed  # the count accumulates over the run
-            scores = self.reward(
-                [c.text for c in completions],
-                solution_boxes=[infos[g].answer_boxes for g in group_ids],
-                hint_boxes=[infos[g].hint_boxes for g in group_ids],
-                category=[samples[g].category for g in group_ids],
-                domain=[samples[g].domain for g in group_ids],
-                image_size=[infos[g].model_size for g in group_ids],
-                prompt=[requests[g].prompt for g in group_ids],
-            )
+        # prompts -> rollouts -> rewards -> zero-variance filter; with algorithm.refill_rounds, more
+        # rounds of new prompts for the groups it dropped (DAPO's dynamic sampling), as many as missing.
+        rounds = [self.rollout_round(alg.prompts_per_step, 0, metrics)]
+        while (missing := alg.prompts_per_step - sum(r.groups_kept for r in rounds)) > 0 and len(rounds) <= alg.refill_rounds:
+            rounds.append(self.rollout_round(missing, sum(len(r.samples) for r in rounds), metrics))
+        batch = Rollouts.concat(rounds)
         metrics["reward/failed_samples"] = float(self.reward.errors.failed - failed_before)  # raised, non-finite or timed out: scored 0
-        rewards = torch.tensor(scores["overall"], dtype=torch.float64)
-        prompts = [(r.prompt, r.image) for r in requests]
-        responses = [(g, c.token_ids) for g, c in zip(group_ids, completions)]
-        # Sequence cost for splitting over learner ranks: response tokens plus an estimate of the
-        # prompt's (one image token per PATCH_FACTOR x PATCH_FACTOR pixels of the model frame, ~4 characters a token).
-        prompt_tokens = [info.model_size[0] * info.model_size[1] / PATCH_FACTOR**2 + len(r.prompt) / 4 for r, info in zip(requests, infos)]
-        costs = [prompt_tokens[g] + len(ids) for g, ids in responses]
-
-        if alg.kl_coef > 0 and alg.kl_mode == "reward":
-            with self.timed(metrics, "kl_reward"):
-                kl = torch.tensor(self.sequence_kl(prompts, responses, costs), dtype=torch.float64)
-            rewards = rewards - alg.kl_coef * kl
-            metrics["actor/kl"] = float(kl.mean())
+        if batch.kl is not None:
+            metrics["actor/kl"] = float(batch.kl.mean())
+        if alg.filter_zero_variance:
+            kept_groups = batch.groups_kept
+            metrics.update({"batch/prompts_drawn": len(batch.samples), "batch/groups_kept": kept_groups,
+                            "batch/groups_dropped": len(batch.samples) - kept_groups, "batch/rounds": len(rounds)})  # fmt: skip
 
         with self.timed(metrics, "advantage"):
-            advantages = A.group_advantages(rewards, group_ids, alg.advantage)
-            keep = torch.ones(len(rewards), dtype=torch.bool)
-            if alg.filter_zero_variance:
-                keep, counts = A.filter_groups(rewards, group_ids)
-                metrics["batch/groups_kept"] = counts["groups_kept"] / max(1, counts["groups"])
+            advantages = A.group_advantages(batch.rewards, batch.group_ids, alg.advantage)
 
+        keep = batch.keep
         kept = keep.nonzero().flatten().tolist()
         faults.point("step.mid", self.step + 1)
         if kept:
             with self.timed(metrics, "update"):
+                prompts, responses, costs = batch.learner_inputs()
                 parts = rank_batches(prompts, [responses[i] for i in kept], [costs[i] for i in kept], len(self.learners), alg.share_prompts)
                 kept_adv = advantages[keep]  # a rank's padding responses get 0 and are weightless there
                 futures = [learner.train_step.remote(b.prompts, b.responses, torch.cat([kept_adv[b.indices], kept_adv.new_zeros(b.padding)]),
@@ -399,7 +445,8 @@ class GRPOTrainer:
         metrics["batch/skipped_update"] = float(not kept)
 
         self.step += 1
-        metrics.update(self.batch_metrics(scores, samples, group_ids, completions, rewards))
+        completions = batch.completions
+        metrics.update(self.batch_metrics(batch.scores, batch.samples, batch.group_ids, completions, batch.rewards))
         elapsed = time.perf_counter() - t_step
         metrics["time/step_s"] = elapsed
         # Orchestration: the share of the step spent neither generating nor in the learner's
@@ -410,10 +457,48 @@ class GRPOTrainer:
         metrics["perf/rollout_tokens_per_s"] = response_tokens / max(metrics["time/rollout_s"], 1e-9)
         metrics["perf/samples_per_s"] = len(completions) / elapsed
         metrics["perf/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        metrics["epoch"] = epoch + 1
+        metrics["epoch"] = batch.epoch + 1
         if cfg.trainer.sample_table_every and self.step % cfg.trainer.sample_table_every == 0:
-            self.write_samples(samples, completions, group_ids, scores)
+            self.write_samples(batch.samples, completions, batch.group_ids, batch.scores)
         return metrics
+
+    def rollout_round(self, count: int, first: int, metrics: dict) -> Rollouts:
+        """The next ``count`` prompts (the step's ``first`` on), ``rollout.n`` completions each, their
+        rewards (less the KL penalty with kl_mode=reward) and which groups have signal; each stage's
+        time is added to ``metrics``."""
+        cfg, alg = self.cfg, self.cfg.algorithm
+        with self.timed(metrics, "prompts"):
+            samples, epoch = self.draw_prompts(count)
+            requests, infos = self.build_requests(samples, self.step, cfg.trainer.seed, first)
+
+        with self.timed(metrics, "rollout"):
+            groups = self._generate(requests, cfg.rollout.n)
+        completions = [c for g in groups for c in g]
+        group_ids = [i for i, g in enumerate(groups) for _ in g]
+
+        with self.timed(metrics, "reward"):
+            scores = self.reward(
+                [c.text for c in completions],
+                solution_boxes=[infos[g].answer_boxes for g in group_ids],
+                hint_boxes=[infos[g].hint_boxes for g in group_ids],
+                category=[samples[g].category for g in group_ids],
+                domain=[samples[g].domain for g in group_ids],
+                image_size=[infos[g].model_size for g in group_ids],
+                prompt=[requests[g].prompt for g in group_ids],
+            )
+        rewards = torch.tensor(scores["overall"], dtype=torch.float64)
+        every = torch.ones(len(rewards), dtype=torch.bool)  # kept until the filter says otherwise
+        part = Rollouts(samples, requests, infos, completions, group_ids, scores, rewards, every, epoch)
+
+        if alg.kl_coef > 0 and alg.kl_mode == "reward":
+            with self.timed(metrics, "kl_reward"):
+                part.kl = torch.tensor(self.sequence_kl(*part.learner_inputs()), dtype=torch.float64)
+            part.rewards = rewards - alg.kl_coef * part.kl
+
+        if alg.filter_zero_variance:
+            with self.timed(metrics, "filter"):
+                part.keep = A.filter_groups(part.rewards, group_ids)[0]
+        return part
 
     def sequence_kl(self, prompts, responses, costs) -> list[float]:
         """KL(policy || reference) of each response, the responses split over the learner ranks."""
@@ -454,9 +539,10 @@ class GRPOTrainer:
 
     @contextmanager
     def timed(self, metrics: dict, stage: str):
+        """Adds the block's seconds to ``time/<stage>_s`` (a stage may run in several rounds)."""
         start = time.perf_counter()
         yield
-        metrics[f"time/{stage}_s"] = time.perf_counter() - start
+        metrics[f"time/{stage}_s"] = metrics.get(f"time/{stage}_s", 0.0) + time.perf_counter() - start
 
     # --- lifecycle -----------------------------------------------------------------------------
     def fit(self) -> None:
@@ -473,6 +559,13 @@ class GRPOTrainer:
             bar.set_postfix(reward=f"{metrics['reward/overall']:.3f}", acc=f"{metrics.get('reward/accuracy', float('nan')):.3f}",
                             s_step=f"{metrics['time/step_s']:.1f}")  # fmt: skip
             bar.update(1)
+            # Before the checkpoint of the same step: a run killed in between redoes the step and
+            # its evaluation (as it redoes every step after its checkpoint); a run resumed from that
+            # checkpoint continues with the next step and never repeats it. The last step gets
+            # the end evaluation instead.
+            val_every = self.cfg.trainer.val_every
+            if val_every and self.step % val_every == 0 and self.step < self.total_steps:
+                self.evaluate("val")
             if self.cfg.trainer.save_every and self.step % self.cfg.trainer.save_every == 0 and self.step < self.total_steps:
                 self.save()
         bar.close()
@@ -480,7 +573,8 @@ class GRPOTrainer:
     def save(self) -> Path:
         tmp = checkpoint.begin(self.ckpt_root, self.step)
         self._on_learners("save", str(tmp))  # every rank writes its DeepSpeed shards; rank 0 the hf/ export
-        return checkpoint.commit(tmp, {"step": self.step, "total_steps": self.total_steps}, keep=self.cfg.trainer.keep_checkpoints)
+        state = {"step": self.step, "total_steps": self.total_steps, "data_position": self.data_position}
+        return checkpoint.commit(tmp, state, keep=self.cfg.trainer.keep_checkpoints)
 
     def finish(self) -> Path:
         final = self.save()
@@ -488,20 +582,26 @@ class GRPOTrainer:
         if target.is_symlink():
             target.unlink()
         target.symlink_to(final.relative_to(self.out) / "hf")
-        self.logger.plot(["reward/overall", "reward/accuracy", "reward/format", "actor/kl", "response/length_mean"],
-                         self.out / "reward_curves.png", "GRPO")  # fmt: skip
+        self.logger.plot(["reward/overall", "val/overall", "reward/accuracy", "val/accuracy_f1", "reward/format", "actor/kl",
+                          "response/length_mean"], self.out / "reward_curves.png", "GRPO")  # fmt: skip
         print(f"[grpo] final checkpoint: {target} -> {final / 'hf'}", flush=True)
         return target
 
     def evaluate(self, tag: str) -> dict | None:
         """Greedy generations on ``data.val`` through the rollout engine (current weights), scored
-        with the reward this run trains on (rexthinker.quickeval)."""
+        with the reward this run trains on (rexthinker.quickeval). ``tag`` "start" and "end" log
+        ``eval_<tag>/<name>`` and write ``eval_<tag>.json``; "val" (every ``trainer.val_every``
+        steps) logs ``val/<name>`` and writes ``eval_step<N>.json``. A resumed run skips "start":
+        its first run evaluated the starting weights."""
 
         from rexthinker import quickeval
         from rexthinker.generation import Generation
 
         e = self.cfg.eval
         if not e.enabled:
+            return None
+        if tag == "start" and self.step > 0:
+            print(f"[grpo] resumed at step {self.step}: no start evaluation (the first run made it)", flush=True)
             return None
         if tag == "end":
             faults.point("eval.end")
@@ -513,10 +613,12 @@ class GRPOTrainer:
         gens = [Generation(s, info, r.prompt, c.text, len(c.token_ids)) for s, info, r, c in zip(val, infos, requests, outs)]
         result = quickeval.score(gens, self.reward)
         result["generate_s"] = time.perf_counter() - start
-        (self.out / f"eval_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-        self.logger.log(self.step, {f"eval_{tag}/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-        print(f"[grpo] eval ({tag}) on {result['samples']} samples: format {result['format']:.3f}, accuracy-F1 "
-              f"{result['accuracy_f1']:.3f}, rejection acc {result['rejection_acc']:.3f}", flush=True)  # fmt: skip
+        prefix, name = ("val", f"eval_step{self.step}") if tag == "val" else (f"eval_{tag}", f"eval_{tag}")
+        (self.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        self.logger.log(self.step, {f"{prefix}/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+        print(f"[grpo] eval ({tag}, step {self.step}) on {result['samples']} samples: format {result['format']:.3f}, accuracy-F1 "
+              f"{result['accuracy_f1']:.3f}, rejection acc {result['rejection_acc']:.3f}, Acc@0.5 {result['acc_50']:.3f} "
+              f"({result['acc_50_samples']} single-target samples)", flush=True)  # fmt: skip
         return result
 
     def cleanup(self) -> None:

@@ -126,8 +126,9 @@ def update(
     """``ppo_epochs x mini_batches`` optimizer steps of ``learner`` on ``seqs`` and their (N,)
     ``advantages``; ``weightless`` (N,) bool marks rows that carry no loss.
 
-    ``reference`` is the frozen starting policy (None without a KL term); with ``kl_mode=loss`` it
-    gives the KL loss term. ``step`` seeds the mini-batch shuffle; ``loss_scale_tokens`` is
+    ``reference`` is the frozen starting policy (None without a KL term): a model of its own, or the
+    LoRA policy with its adapters off (:class:`~rexthinker.models.lora.BasePolicy`, sharded like the
+    policy, so run in lockstep); with ``kl_mode=loss`` it gives the KL loss term. ``step`` seeds the mini-batch shuffle; ``loss_scale_tokens`` is
     ``seq-mean-token-sum-norm``'s constant (the maximum response length). Losses are normalised
     over all ranks and the returned metrics (``actor/*``, ``time/learner_*_s``) are reduced over
     them, so every rank must call this at once."""
@@ -138,7 +139,7 @@ def update(
     times: dict[str, float] = {}
 
     start = time.perf_counter()
-    ref = response_logprobs(reference, seqs, alg, pad_id) if kl_loss else None
+    ref = response_logprobs(reference, seqs, alg, pad_id, lockstep=getattr(reference, "lockstep", False)) if kl_loss else None
     times["time/learner_ref_logprobs_s"] = time.perf_counter() - start
     start = time.perf_counter()
     reuse_current = alg.ppo_epochs == 1 and alg.mini_batches == 1  # the policy cannot move before it is used

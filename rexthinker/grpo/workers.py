@@ -18,6 +18,7 @@ import torch
 from rexthinker.grpo.config import GRPOConfig
 from rexthinker.grpo.experience import TokenSequence, encode_prompt
 from rexthinker.grpo.update import sequence_kl, update
+from rexthinker.models import lora
 from rexthinker.models.load import load_policy, set_pixel_limits
 from rexthinker.prompts import pixel_limits
 from rexthinker.rollout.base import Completion, Request, RolloutEngine, forbidden_token_ids, sleep_enabled
@@ -41,10 +42,13 @@ class PolicyWorker:
         os.environ.update(dist_env or {})
         dist.init()
         self.cfg = cfg
-        model, self.processor = load_policy(model_path or cfg.model.path, cfg.model)
-        self.learner = Learner(model, cfg.optim, cfg.learner, total_steps)
+        adapters = cfg.model.lora.enabled  # a resumed LoRA run starts from the base; its learner state holds the adapters
+        model, self.processor = load_policy(cfg.model.path if adapters else model_path or cfg.model.path, cfg.model)
+        self.learner = Learner(lora.attach(model, cfg.model.lora), cfg.optim, cfg.learner, total_steps)
         self.reference = None
-        if cfg.algorithm.kl_coef > 0:
+        if cfg.algorithm.kl_coef > 0 and adapters:
+            self.reference = lora.BasePolicy(self.learner.module)  # the same weights, adapters off
+        elif cfg.algorithm.kl_coef > 0:
             reference, _ = load_policy(cfg.model.path, cfg.model)  # always the starting policy
             self.reference = reference.to(device=dist.device(), dtype=self.learner.dtype).eval().requires_grad_(False)
         self.pad_id = self.processor.tokenizer.pad_token_id
@@ -70,13 +74,15 @@ class PolicyWorker:
         return metrics
 
     def weights(self) -> list[tuple[str, torch.Tensor]]:
-        """Full weights in checkpoint naming, for the rollout engines."""
-        state = self.learner.full_state_dict()
+        """Full weights in checkpoint naming (LoRA adapters merged), for the rollout engines."""
+        state = self.learner.export_state_dict()
         return list(state.items()) if state is not None else []
 
     def save(self, folder: str) -> None:
         self.learner.save_state(Path(folder) / "learner")
         self.learner.export_hf(Path(folder) / "hf", self.processor)
+        if self.learner.lora:
+            self.learner.export_adapter(Path(folder) / "adapter")
 
     def load(self, folder: str) -> None:
         self.learner.load_state(Path(folder) / "learner", self.cfg.trainer.trust_pickle)

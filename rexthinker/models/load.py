@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from rexthinker.config import ConfigError
+from rexthinker.models.lora import LoraConfig, lora_problem
 
 
 @dataclass
@@ -19,6 +22,12 @@ class ModelConfig:
     min_pixels: int | None = None  # override the processor's limits (the reference used 16*28*28 ..)
     max_pixels: int | None = None  # (.. 1280*28*28); None keeps the checkpoint's processor values
     attn_implementation: str = "sdpa"
+    lora: LoraConfig = field(default_factory=LoraConfig)  # adapters instead of full training (rexthinker.models.lora)
+
+    def __post_init__(self) -> None:
+        problem = lora_problem(self.lora, self.freeze_vision, self.freeze_projector, self.freeze_llm)
+        if problem:
+            raise ConfigError(problem)
 
 
 def check_model_path(path: str) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from rexthinker.config import save_config, to_dict
 from rexthinker.data.sources import Head, open_samples, open_training_samples
+from rexthinker.models import lora
 from rexthinker.models.load import load_policy
 from rexthinker.sft.config import SFTConfig
 from rexthinker.sft.data import SFTDataset, step_batches, step_loader, steps_per_epoch
@@ -54,7 +55,8 @@ class SFTTrainer:
             raise
 
     def _setup(self, cfg: SFTConfig) -> None:
-        self.model, self.processor = load_policy(cfg.model.path, cfg.model)
+        model, self.processor = load_policy(cfg.model.path, cfg.model)
+        self.model = lora.attach(model, cfg.model.lora)
         samples = open_training_samples(cfg.data, self.out, "sft", main=dist.is_main())
         if cfg.data.max_samples:
             samples = Head(samples, cfg.data.max_samples)
@@ -166,6 +168,8 @@ class SFTTrainer:
         tmp = checkpoint.begin(self.ckpt_root, self.step)
         self.learner.save_state(tmp / "learner")
         self.learner.export_hf(tmp / "hf", self.processor)
+        if self.learner.lora:
+            self.learner.export_adapter(tmp / "adapter")
         checkpoint.save_rng(tmp)
         return checkpoint.commit(tmp, {"step": self.step, "total_steps": self.total_steps}, keep=self.cfg.trainer.keep_checkpoints)
 

@@ -11,6 +11,7 @@ manifest; a run that cannot load it goes on to the next (:func:`candidates`).
 Layout of ``step-<N>``::
 
     hf/                 Hugging Face model + processor (from_pretrained / vLLM load it)
+    adapter/            LoRA runs only: the adapters in peft's format (hf/ has them merged)
     learner/            weights, optimizer, schedule (DeepSpeed shards under ZeRO)
     trainer_state.json  step, data position, anything the stage needs to resume
     rng/rank<r>.pt      RNG states of every rank, as tensors and numbers (``weights_only`` loads)

@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from rexthinker.models import lora
 from rexthinker.train import checkpoint, dist
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "deepspeed"
@@ -97,6 +98,7 @@ def deepspeed_config(cfg: LearnerConfig, optim: OptimConfig, micro_batch_size: i
 class Learner:
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, cfg: LearnerConfig, total_steps: int, micro_batch_size: int = 1):
         self.cfg, self.optim_cfg = cfg, optim
+        self.lora = lora.is_lora(model)  # only adapters train (rexthinker.models.lora)
         dtype = resolve_precision(cfg.precision)
         model.to(dtype=dtype)
         if cfg.gradient_checkpointing:
@@ -162,18 +164,21 @@ class Learner:
 
     # --- state --------------------------------------------------------------------------------
     def save_state(self, folder: Path) -> None:
-        """Weights (full precision), optimizer and schedule; every rank calls it."""
+        """Weights (full precision), optimizer and schedule; every rank calls it. A LoRA learner
+        saves its adapters only: the frozen base is the run's ``model.path``."""
         folder = Path(folder)
         if dist.is_main():
             folder.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         if self.engine is not None:
-            self.engine.save_checkpoint(str(folder), tag="learner")
+            self.engine.save_checkpoint(str(folder), tag="learner", exclude_frozen_parameters=self.lora)
         elif dist.is_main():
+            state = self.model.state_dict()
             torch.save(
-                {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                {"model": lora.adapter_state(state) if self.lora else state, "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict()},
                 folder / "learner.pt",
-            )
+            )  # fmt: skip
 
     def load_state(self, folder: Path, trust_pickle: bool = False) -> None:
         """What :meth:`save_state` wrote. DeepSpeed unpickles its files in full, so they are checked
@@ -181,12 +186,17 @@ class Learner:
         folder = Path(folder)
         if self.engine is not None:
             checkpoint.check_pickles(folder, trust=trust_pickle)
-            path, _ = self.engine.load_checkpoint(str(folder), tag="learner")
+            path, _ = self.engine.load_checkpoint(str(folder), tag="learner", load_module_strict=not self.lora)
             if path is None:
                 raise FileNotFoundError(f"no DeepSpeed learner state in {folder}")
         else:
             state = checkpoint.load_tensors(folder / "learner.pt", map_location=dist.device())
-            self.model.load_state_dict(state["model"])
+            if self.lora:  # exactly this model's adapters, nothing else
+                expected = set(lora.adapter_state(self.model.state_dict()))
+                if set(state["model"]) != expected:
+                    raise KeyError(f"{folder / 'learner.pt'} does not hold this model's LoRA adapters: missing "
+                                   f"{sorted(expected - set(state['model']))[:3]}, extra {sorted(set(state['model']) - expected)[:3]}")  # fmt: skip
+            self.model.load_state_dict(state["model"], strict=not self.lora)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
 
@@ -197,14 +207,28 @@ class Learner:
             return state if dist.is_main() else None
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if dist.is_main() else None
 
+    def export_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The plain model's weights under its own names, LoRA adapters merged (the trained ones
+        untouched): what the Hugging Face export and the rollout engines get. Rank 0; all call it."""
+        state = self.full_state_dict()
+        return lora.merged_state_dict(state, lora.scaling(self.model)) if self.lora and state is not None else state
+
     def export_hf(self, folder: Path, processor=None) -> None:
         """A Hugging Face folder (safetensors, config, generation config, processor) that
-        ``from_pretrained`` and vLLM load directly. Every rank calls it; rank 0 writes."""
-        state = self.full_state_dict()
+        ``from_pretrained`` and vLLM load directly, adapters merged. Every rank calls it; rank 0 writes."""
+        state = self.export_state_dict()
         if dist.is_main():
             folder = Path(folder)
             folder.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(folder, state_dict=state)
+            lora.base_model(self.model).save_pretrained(folder, state_dict=state)
             if processor is not None:
                 processor.save_pretrained(folder)
+        dist.barrier()
+
+    def export_adapter(self, folder: Path) -> None:
+        """The LoRA adapters alone in peft's format (``PeftModel.from_pretrained(base, folder)``).
+        Every rank calls it; rank 0 writes."""
+        state = self.full_state_dict()
+        if dist.is_main():
+            self.model.save_pretrained(folder, state_dict=lora.adapter_state(state))
         dist.barrier()

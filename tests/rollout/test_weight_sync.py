@@ -84,6 +84,40 @@ def test_vllm_logprobs_match_the_learner_after_a_weight_sync(tiny_model_path, ti
     engine.load_weights((name, p.detach().clone()) for name, p in original.state_dict().items())
 
 
+def test_vllm_logprobs_match_a_lora_learner_after_a_weight_sync(tiny_model_path, tiny_vllm):
+    """LoRA mode: the learner keeps its adapters apart from the base weights; the engines get the
+    merged weights (``Learner.export_state_dict``) and must then sample what the learner scores."""
+    from rexthinker.models import lora
+    from rexthinker.models.load import load_policy
+    from rexthinker.rollout.vllm_engine import VLLMRollout
+    from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
+
+    model, processor = load_policy(str(tiny_model_path))
+    policy = lora.attach(model, lora.LoraConfig(r=4, alpha=8))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # B starts at zero: give the adapters a sizeable update, as training would
+        for name, p in policy.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    learner = Learner(policy, OptimConfig(), LearnerConfig(strategy="single", precision="fp32"), total_steps=1)
+    engine = VLLMRollout.__new__(VLLMRollout)
+    engine.llm, engine.cfg = tiny_vllm, RolloutConfig(temperature=1.0, top_p=1.0, max_new_tokens=12, logprobs=True)
+    engine.forbidden = forbidden_token_ids(processor.tokenizer)
+    requests = _requests(processor)
+
+    before = engine.generate(requests, n=2)
+    engine.load_weights(learner.export_state_dict().items())
+    after = engine.generate(requests, n=2)
+    assert [[c.token_ids for c in g] for g in before] != [[c.token_ids for c in g] for g in after]
+    for layout, chunk in ((collate, 0), (collate_shared, 0), (collate_shared, 5)):
+        diffs = logprob_diffs(learner.module.eval(), processor, requests, after, layout, chunk)
+        print(f"LoRA: max |log-prob vLLM - learner ({layout.__name__}, chunk {chunk})| after sync: {max(diffs):.2e}")
+        assert max(diffs) <= 1e-3, diffs
+
+    original = AutoModelForImageTextToText.from_pretrained(tiny_model_path, dtype=torch.float32)
+    engine.load_weights((name, p.detach().clone()) for name, p in original.state_dict().items())
+
+
 def test_same_seed_same_rollouts(tiny_model_path, tiny_vllm):
     from rexthinker.rollout.vllm_engine import VLLMRollout
 
