@@ -17,7 +17,7 @@ def train_for(model, args, next_batch: Callable[[int], tuple[dict, dict]], evalu
     inputs (with ``labels``) and extra fields to print; ``evaluate()`` the held-out numbers."""
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
-    config_row = {k: v for k, v in vars(args).items() if k not in ("results", "threads", "eval_every")}
+    config_row = {k: v for k, v in vars(args).items() if k not in ("results", "threads", "eval_every") and not k.startswith("_")}
     start, step, loss, extra, history = time.perf_counter(), 0, torch.tensor(float("nan")), {}, []
 
     def report(**fields) -> dict:

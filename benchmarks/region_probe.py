@@ -17,13 +17,19 @@ vocabulary (one token per integer), so only the mechanism is measured. Variants:
                   ``Person 1 [x0, y0, x1, y1] red, Person 2 [...] blue, ...`` (the copy probe's
                   ``enumerate`` layout; every figure is a colour signal, every box a copy signal);
 - ``--colour-first`` states the colour straight after the name, ``Person 1 red [x0, ...]``, so
-                  the token that names the hint is the one that must look at the image.
+                  the token that names the hint is the one that must look at the image;
+- ``--scene synthref`` draws the scenes with SynthRef's own renderer at ``--level`` with ``--set``
+                  overrides (figures, tags, hats, flags, trees as the data tools draw them), resized
+                  to the model frame of ``--size``'s pixel count; ``--cue`` and ``--persons`` then
+                  come from the level.
 
 Held-out colour accuracy (teacher-forced argmax over the 6 colour words, every figure of 64 scenes)
 is printed every ``--eval-every`` steps; the final line is appended to ``--results``:
 
     python benchmarks/region_probe.py --cue mark --ask all --seconds 300
     python benchmarks/region_probe.py --cue box --ask all --seconds 300
+    python benchmarks/region_probe.py --scene synthref --size 280x168 --layers 4 --width 256 \
+        --vision-depth 4 --lr 1e-3 --set "mark_size=0.65 torso_width=0.4 p_tree=0.3"
 
 Measured runs are in dev/LOG.md.
 """
@@ -95,9 +101,27 @@ def draw_scene(rng: random.Random, n: int, size: tuple[int, int], cue: str, font
     return image, boxes, colours
 
 
+def synthref_scene(rng: random.Random, args):
+    """A scene of SynthRef's own renderer (``--scene synthref``): its level, tags and figure sizes,
+    resized to the model frame of ``--size``'s pixel count; boxes in that frame."""
+    from rexthinker.coords import model_frame_size, to_model_frame
+    from rexthinker.data.synthref.scene import label_boxes, make_scene, render
+
+    scene = make_scene(rng, args._synthref, set())
+    image, labels = render(scene, rng, args._synthref)
+    pixels = args.size[0] * args.size[1]
+    frame = model_frame_size(*image.size, min_pixels=pixels // 2, max_pixels=pixels)
+    boxes = [to_model_frame(b, image.size, frame) for b in label_boxes(labels, scene.n)]
+    return image.resize(frame, Image.BICUBIC), boxes, [fig.color for fig in scene.figures]
+
+
 def make_sample(rng, vocab: Vocab, processor, args, font):
-    n = rng.randint(*args.persons)
-    image, boxes, colours = draw_scene(rng, n, args.size, args.cue, font)
+    if args._synthref is not None:
+        image, boxes, colours = synthref_scene(rng, args)
+        n = len(boxes)
+    else:
+        n = rng.randint(*args.persons)
+        image, boxes, colours = draw_scene(rng, n, args.size, args.cue, font)
     enc = processor(images=[image], return_tensors="pt")
     n_image = int(enc["image_grid_thw"].prod()) // 4
     ids = vocab("<s>", "<|vision_start|>") + vocab("<|image_pad|>") * n_image + vocab("<|vision_end|>", "[[")
@@ -186,6 +210,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cue", choices=("box", "mark", "tag"), default="mark")
     p.add_argument("--colour-first", action="store_true", help="'Person k colour [box]' instead of 'Person k [box] colour'")
     p.add_argument("--ask", choices=("one", "all"), default="all")
+    p.add_argument("--scene", choices=("probe", "synthref"), default="probe",
+                   help="synthref: SynthRef's renderer at --level with --set overrides (--cue and --persons unused)")
+    p.add_argument("--level", default="demo")
+    p.add_argument("--set", default="mark_colours=true", help="SynthRef settings over the level, space-separated key=value")
     p.add_argument("--persons", default="2-4", help="lo-hi figures per image")
     p.add_argument("--size", default="224x112", help="image WxH (multiples of 28 keep the frame exact)")
     p.add_argument("--layers", type=int, default=2)
@@ -203,15 +231,21 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     args.persons = tuple(int(v) for v in args.persons.split("-"))
     args.size = tuple(int(v) for v in args.size.split("x"))
+    args._synthref = None
+    if args.scene == "synthref":
+        from rexthinker.data import synthref
+
+        args._synthref = synthref.level_config(args.level, args.set.split())
 
     from transformers import Qwen2VLImageProcessor
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     pixels = args.size[0] * args.size[1]
-    processor = Qwen2VLImageProcessor(size={"shortest_edge": pixels, "longest_edge": pixels})
+    low = pixels // 2 if args._synthref is not None else pixels  # synthref: images come in the model frame already
+    processor = Qwen2VLImageProcessor(size={"shortest_edge": low, "longest_edge": pixels})
     font = ImageFont.load_default(size=16)
-    vocab = Vocab(max(args.size))
+    vocab = Vocab(max(args.size) * 2)
     model = build_model(vocab, args)
     rng, held_rng = random.Random(args.seed), random.Random(10_000 + args.seed)
     held = [make_sample(held_rng, vocab, processor, args, font) for _ in range(64)]

@@ -304,7 +304,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show", type=int, default=3, help="samples whose prompt is written out")
     parser.add_argument("--stages", default="data,show,sft,grpo,eval", help="comma-separated subset of data,show,sft,grpo,eval")
-    parser.add_argument("--sft-steps", type=int, default=300)  # 581 s on 2 CPU cores, evaluation included (2026-11-30)
+    parser.add_argument("--sft-steps", type=int, default=450)  # ~11 min on 2 CPU cores, evaluation included (2026-11-30, session 5)
     parser.add_argument("--grpo-steps", type=int, default=10)
     parser.add_argument("--log", default=None, help="the full log (default: OUT/demo.log)")
     args = parser.parse_args()

@@ -414,7 +414,7 @@ def command(recipe: dict) -> str:
 
 
 def ship(folder: Path, dest: Path = SHIPPED, dtype: str = "bfloat16", note: str = "") -> Path:
-    """Write the base in ``folder`` to ``dest`` as ``dtype`` safetensors with a model card
+    """Write the base in ``folder`` (a build, or a snapshot of one) to ``dest`` as ``dtype`` safetensors with a model card
     (README.md: the commands, data, steps, wall time and held-out probes of every build in its lineage)."""
     from safetensors.torch import load_file, save_file
 
@@ -425,7 +425,10 @@ def ship(folder: Path, dest: Path = SHIPPED, dtype: str = "bfloat16", note: str 
     for name in _COPIED:
         if (folder / name).exists():
             (dest / name).write_bytes((folder / name).read_bytes())
-    marker = json.loads((folder / MARKER).read_text())
+    if (folder / MARKER).exists():
+        marker = json.loads((folder / MARKER).read_text())
+    else:  # a snapshot of a build that went on (or was stopped): its own record is the lineage's last
+        marker = {"recipe": chain[-1]["recipe"], "source": str(folder), "last": chain[-1]["last"], "lineage": chain}
     (dest / MARKER).write_text(json.dumps({**marker, "dtype": dtype}) + "\n")
     history = [json.loads(line) for line in (folder / "pretrain_history.jsonl").read_text().splitlines()]
     plot_history(history, ["loss", "heldout_box_exact", "heldout_colour_acc"], dest / "pretrain_curves.png",

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from rexthinker.contracts.trace import ARROW, CHECK, CROSS, SUMMARY_HEADER, WARN, summary_marks
-from rexthinker.data.synthref import DOMAINS, SynthRefConfig, generate, iter_chunks, sample_rng
+from rexthinker.data.synthref import DOMAINS, SynthRefConfig, generate, iter_chunks, level_config, sample_rng
 from rexthinker.data.synthref.config import INK, PALETTE, SUB_DOMAINS
 from rexthinker.data.synthref.scene import make_scene, render
 from rexthinker.rle import decode as rle_to_mask
@@ -207,3 +207,36 @@ def test_mark_colours_fill_each_tag_with_its_numbers_colour():
             region = pb[y0:y1, x0:x1].reshape(-1, 3)
             assert (region == MARK_FILLS[k]).all(-1).sum() > 10, k  # the tag's fill is there
             assert not (pa[y0:y1, x0:x1].reshape(-1, 3) == MARK_FILLS[k]).all(-1).any(), k  # and only with mark_colours
+
+
+def test_mark_size_and_torso_width_set_the_tag_and_figure_proportions():
+    from rexthinker.data.synthref.config import MARK_FILLS
+
+    def areas(**settings):
+        """Per sample: pixels of each tag's fill (tags 2+) and of shirt colour inside each person's box."""
+        out = []
+        for s in generate(6, seed=4, config=SynthRefConfig(marks=True, mark_colours=True, **settings)):
+            pixels = np.asarray(Image.open(io.BytesIO(s.image_bytes)).convert("RGB")).astype(int)
+            row = []
+            for k, (x0, y0, x1, y1) in enumerate(s.candidate_boxes):
+                region = pixels[y0:y1, x0:x1].reshape(-1, 3)
+                shirt = sum((region == c).all(-1).sum() for c in PALETTE.values())
+                row.append(((region == MARK_FILLS[k]).all(-1).sum() if k else None, shirt, x1 - x0))
+            out.append(row)
+        return out
+
+    default, small_tag, wide = areas(), areas(mark_size=0.35), areas(torso_width=0.6)
+    for d, s, w in zip(default, small_tag, wide):
+        for (tag_d, shirt_d, width_d), (tag_s, shirt_s, _), (_, shirt_w, width_w) in zip(d, s, w):
+            assert shirt_s >= shirt_d  # a smaller tag hides no more of the shirt (both are 8 px at least)
+            assert tag_d is None or tag_s <= tag_d
+            assert width_w >= width_d  # wider figures
+    total = lambda rows, i: sum(cell[i] or 0 for row in rows for cell in row)  # noqa: E731
+    assert total(small_tag, 1) > 1.2 * total(default, 1) and total(small_tag, 0) < 0.6 * total(default, 0)
+    assert total(wide, 1) > 1.2 * total(default, 1)  # and more shirt to see
+
+
+def test_demo_level_shows_the_shirt_around_a_coloured_tag():
+    cfg = level_config("demo")
+    assert (cfg.marks, cfg.mark_colours, cfg.mark_size, cfg.torso_width, cfg.p_tree) == (True, True, 0.4, 0.6, 0.0)
+    assert level_config("full").mark_size == 0.65 and level_config("full").torso_width == 0.40  # the full level is unchanged

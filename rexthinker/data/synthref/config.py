@@ -76,6 +76,10 @@ class SynthRefConfig:
     # (benchmarks/region_probe.py --cue tag: 0.66 colour accuracy after 1,000 steps, against 0.36
     # after 1,300 with white tags).
     mark_colours: bool = False
+    # With marks: the tag's side as a fraction of the torso's smaller side. A smaller tag leaves
+    # more of the shirt colour visible around it (benchmarks/region_probe.py --scene synthref).
+    mark_size: float = 0.65
+    torso_width: float = 0.40  # a torso's width as a fraction of the figure's slot
     domain_weights: dict[str, float] = field(
         default_factory=lambda: {
             "attribute": 0.24,
@@ -135,10 +139,16 @@ class SynthRefConfig:
 # Named levels: settings applied on top of the defaults. "full" is the task the data tools write by
 # default; "demo" is what a small model trained from scratch can learn on CPU (make demo): smaller
 # images (48-60 image tokens at the small model's limits instead of ~120), 2-4 people, each with its
-# hint number drawn on the torso, and traces that restate every candidate's box.
+# hint number drawn on the torso in a tag of the number's own colour, and traces that restate every
+# candidate's box. Its figures are wider (torso 0.6 of a slot), their tags smaller (0.4 of the torso)
+# and no tree stands in a scene whose question does not need one: with the full level's proportions
+# the tag hides most of the shirt inside one 28-pixel image token, and the small model never learned
+# to read a person's shirt colour (benchmarks/region_probe.py --scene synthref: chance after 380
+# steps, against 0.73 after 400 steps with these settings; dev/LOG.md, session 5).
 LEVELS: dict[str, dict] = {
     "full": {},
-    "demo": {"width": (224, 280), "height": (140, 168), "persons": (2, 4), "marks": True, "trace_boxes": True},
+    "demo": {"width": (224, 280), "height": (140, 168), "persons": (2, 4), "marks": True, "mark_colours": True,
+             "mark_size": 0.4, "torso_width": 0.6, "p_tree": 0.0, "trace_boxes": True},
 }
 
 

@@ -84,7 +84,7 @@ def render(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[Image
     slots = scene.n + (scene.tree_after is not None)
     sw = w / slots
     ground = h * 0.94
-    torso_w = max(8, round(sw * 0.40))
+    torso_w = max(8, round(sw * cfg.torso_width))
     head_d = max(6, min(round(torso_w * 0.8), round(h * 0.13)))
     outline = max(1, round(sw / 40))
     torso_mid: dict[int, tuple[float, float, float]] = {}  # rank -> (left x, right x, y)
@@ -147,7 +147,7 @@ def render(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[Image
         draw.ellipse(crown, fill=CANOPY)
 
     if cfg.marks:
-        _draw_marks(draw, torsos, cfg.mark_colours)
+        _draw_marks(draw, torsos, cfg.mark_colours, cfg.mark_size)
     if cfg.noise > 0:
         noise_rng = np.random.default_rng(rng.getrandbits(64))
         pixels = np.asarray(image, dtype=np.int16)
@@ -156,14 +156,14 @@ def render(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[Image
     return image, np.asarray(labels)
 
 
-def _draw_marks(draw: ImageDraw.ImageDraw, torsos: list[tuple[float, float, float, float]], colours: bool = False) -> None:
+def _draw_marks(draw: ImageDraw.ImageDraw, torsos: list[tuple[float, float, float, float]], colours: bool = False, size: float = 0.65) -> None:
     """Each person's hint number in a tag on the torso (set-of-mark prompting): white, or with
     ``colours`` filled with the number's own colour (:data:`MARK_FILLS`). Draws no random numbers,
     so the rest of the sample is the same with and without marks."""
     from PIL import ImageFont
 
     for k, (cx, half, top, bottom) in enumerate(torsos):
-        side = max(8.0, min(2 * half * 0.65, (bottom - top) * 0.65))
+        side = max(8.0, min(2 * half * size, (bottom - top) * size))
         font = ImageFont.load_default(size=max(6, round(side * 0.85)))
         x0, y0 = cx - side / 2, (top + bottom) / 2 - side / 2
         fill = MARK_FILLS[k % len(MARK_FILLS)] if colours else (255, 255, 255)
