@@ -54,8 +54,10 @@ def pixel_limits(processor) -> tuple[int, int]:
 def prompt_boxes(sample, min_pixels: int, max_pixels: int, shuffle_seed: int | None = None) -> PromptInfo:
     """Hint and answer boxes in the model-input frame of ``sample``'s image (contracts §1.6).
 
-    Boxes already in that frame (``sample.box_frame`` equals it) are used verbatim; boxes in any
-    other frame are mapped with truncation and clamping. ``shuffle_seed`` permutes the hint order
+    Boxes declared in that frame (``sample.box_frame`` equals it) are used verbatim; boxes in any
+    other frame are mapped with truncation and clamping, also when the original image happens to
+    be the size of the model frame (a box ending on the image's right edge, x1 = W, becomes W - 1
+    there, as every writer of model-frame boxes maps it). ``shuffle_seed`` permutes the hint order
     (the paper's GRPO option); ``PromptInfo.order`` keeps the permutation.
     """
     if sample.image_size is None:
@@ -65,7 +67,7 @@ def prompt_boxes(sample, min_pixels: int, max_pixels: int, shuffle_seed: int | N
     source = tuple(sample.box_frame) if sample.box_frame is not None else original
 
     def convert(box):
-        return [int(v) for v in box] if source == model else to_model_frame(box, source, model)
+        return [int(v) for v in box] if sample.box_frame is not None and source == model else to_model_frame(box, source, model)
 
     order = list(range(len(sample.candidate_boxes)))
     if shuffle_seed is not None:
