@@ -68,6 +68,21 @@ def test_boxes_already_in_the_model_frame_are_used_verbatim():
     assert prompts.prompt_boxes(sample, 3136, 50176).hint_boxes == hints
 
 
+def test_an_image_already_the_model_frames_size_still_has_its_boxes_mapped():
+    """Contracts 1.6 maps original pixels with truncation and a clamp to W'-1 even when W' = W: a box
+    ending on the right edge (x1 = W) is W - 1 in the prompt, as in the GRPO parquet written from it."""
+    buf = io.BytesIO()
+    Image.new("RGB", (224, 140), (128, 128, 128)).save(buf, format="PNG")
+    boxes = [[157, 30, 224, 131], [18, 36, 64, 140]]
+    sample = _sample(candidate_boxes=boxes, answer_boxes=[boxes[0]], image_bytes=buf.getvalue(), image_size=(224, 140))
+    assert model_frame_size(224, 140, 3136, 50176) == (224, 140)
+    info = prompts.prompt_boxes(sample, 3136, 50176)
+    assert info.hint_boxes == [[157, 30, 223, 131], [18, 36, 64, 139]] == [to_model_frame(b, (224, 140), (224, 140)) for b in boxes]
+    declared = _sample(candidate_boxes=info.hint_boxes, answer_boxes=info.answer_boxes, image_bytes=buf.getvalue(),
+                       image_size=(224, 140), box_frame=(224, 140))  # fmt: skip
+    assert prompts.prompt_boxes(declared, 3136, 50176) == info
+
+
 def test_user_suffix_placement_has_no_system_message():
     messages, _ = prompts.build_messages(_sample(), 3136, 50176, instruction="user_suffix")
     assert [m["role"] for m in messages] == ["user"]
