@@ -40,7 +40,7 @@ def ray_cluster():
 def make_cfg(tiny_model_path, data, out, *extra) -> GRPOConfig:
     overrides = [
         f"model.path={tiny_model_path}", f"data.train=[{data}]", f"trainer.output_dir={out}",
-        f"reward.function={PLUGINS}:length_score", "algorithm.prompts_per_step=2", "rollout.n=4",
+        f"reward.function={PLUGINS}:length_score", "reward.kwargs={}", "algorithm.prompts_per_step=2", "rollout.n=4",
         "rollout.max_new_tokens=16", "rollout.max_model_len=1024", "rollout.enforce_eager=true",
         "optim.lr=1e-3", "trainer.max_steps=2", "trainer.save_every=0", "trainer.report_to=[jsonl]",
         "learner.strategy=single", "learner.precision=fp32", "trainer.sample_table_every=1",
