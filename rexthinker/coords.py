@@ -1,17 +1,24 @@
 """Coordinate frames (contracts §1.6).
 
-Boxes live in one of two frames:
-- the *original* frame: pixels of the image as stored on disk;
-- the *model* frame: pixels of the image after Qwen2.5-VL's ``smart_resize``, i.e. what the vision
-  tower sees and what hints and answers are written in.
-
-Original -> model truncates and clamps to ``[0, W'-1]``; model -> original is a plain rescale.
+Boxes live in the *original* frame (pixels of the image as stored on disk) or in the frame a model
+family reads and writes hints and answers in, one of two kinds (:class:`BoxFrame`):
+- ``model_pixels`` (Qwen2.5-VL): pixels of the image after ``smart_resize``, i.e. what the vision
+  tower sees. Original -> frame truncates and clamps to ``[0, W'-1]``; frame -> original is a plain
+  rescale (contracts §1.6).
+- ``relative_1000`` (Qwen3-VL, Qwen3.5): the image scaled to 1000 x 1000 whatever its size. The
+  resize maps the whole image onto the whole model input, so relative coordinates are the same in
+  the original and the resized image. Qwen's Qwen3-VL grounding cookbook (QwenLM/Qwen3-VL,
+  ``cookbooks/2d_grounding.ipynb``) states "relative coordinates ranging from 0 to 1000" and decodes
+  with ``x / 1000 * width``; it gives no encoding rule, so ours mirrors the pixel frame:
+  ``int(x / W * 1000)`` (truncation), clamped to ``[0, 1000]`` (1000 is in the documented range).
+  Decoding is the cookbook's rescale, no clamping.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # Reference pixel limits (contracts §1.6).
 TRAIN_MIN_PIXELS = 16 * 28 * 28
@@ -20,6 +27,12 @@ EVAL_MIN_PIXELS = 256 * 28 * 28
 PATCH_FACTOR = 28  # patch size 14 x spatial merge 2
 MAX_ASPECT_RATIO = 200  # smart_resize refuses a more elongated image
 MIN_IMAGE_SIDE = PATCH_FACTOR // 2 + 1  # see check_image_size
+
+# The kinds of frame a model family writes boxes in (see the module docstring).
+MODEL_PIXELS = "model_pixels"
+RELATIVE_1000 = "relative_1000"
+FRAME_KINDS = (MODEL_PIXELS, RELATIVE_1000)
+RELATIVE_SCALE = 1000
 
 Box = Sequence[float]
 
@@ -65,10 +78,11 @@ def check_image_size(width: int, height: int) -> None:
 
 
 def model_frame_size(
-    width: int, height: int, min_pixels: int = TRAIN_MIN_PIXELS, max_pixels: int = TRAIN_MAX_PIXELS
+    width: int, height: int, min_pixels: int = TRAIN_MIN_PIXELS, max_pixels: int = TRAIN_MAX_PIXELS, factor: int = PATCH_FACTOR
 ) -> tuple[int, int]:
-    """``(width', height')`` of the model-input frame for an image of ``width x height``."""
-    h, w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
+    """``(width', height')`` of the model-input frame for an image of ``width x height``; ``factor`` is
+    the family's patch size x spatial merge (28 for Qwen2.5-VL, 32 for Qwen3-VL)."""
+    h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return w, h
 
 
@@ -88,6 +102,46 @@ def to_original_frame(box: Box, model: tuple[int, int], original: tuple[int, int
     no clamping."""
     (mw, mh), (w, h) = model, original
     return [v / mw * w if i % 2 == 0 else v / mh * h for i, v in enumerate(box)]
+
+
+def to_relative_frame(box: Box, original: tuple[int, int]) -> list[int]:
+    """Map a box from the original ``(W, H)`` frame to the 0-1000 relative frame: ``int(x / W * 1000)``
+    then clamp to ``[0, 1000]`` (same for y)."""
+    w, h = original
+    return [min(max(int(v / (w if i % 2 == 0 else h) * RELATIVE_SCALE), 0), RELATIVE_SCALE) for i, v in enumerate(box)]
+
+
+@dataclass(frozen=True)
+class BoxFrame:
+    """The frame one image's hints and answers are written in: its kind and ``size``, the ``(W', H')``
+    that coordinates scale to (the resized model input, or ``(1000, 1000)``)."""
+
+    kind: str  # MODEL_PIXELS or RELATIVE_1000
+    size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if self.kind not in FRAME_KINDS:
+            raise ValueError(f"unknown box frame {self.kind!r}; choose one of {FRAME_KINDS}")
+
+    def encode(self, box: Box, original: tuple[int, int]) -> list[int]:
+        """``box`` in original pixels of an image of size ``original`` -> integer frame coordinates."""
+        if self.kind == MODEL_PIXELS:
+            return to_model_frame(box, original, self.size)
+        return to_relative_frame(box, original)
+
+    def decode(self, box: Box, original: tuple[int, int]) -> list[float]:
+        """Frame coordinates -> original pixels (a plain rescale for both kinds, no clamping)."""
+        return to_original_frame(box, self.size, original)
+
+
+def box_frame(
+    kind: str, width: int, height: int, *, factor: int = PATCH_FACTOR, min_pixels: int = TRAIN_MIN_PIXELS,
+    max_pixels: int = TRAIN_MAX_PIXELS,
+) -> BoxFrame:  # fmt: skip
+    """The :class:`BoxFrame` of kind ``kind`` for a ``width x height`` image fed at these pixel limits."""
+    if kind == MODEL_PIXELS:
+        return BoxFrame(kind, model_frame_size(width, height, min_pixels, max_pixels, factor))
+    return BoxFrame(kind, (RELATIVE_SCALE, RELATIVE_SCALE))
 
 
 def xywh_to_xyxy(box: Box) -> list[float]:

@@ -1,4 +1,4 @@
-"""Load a Qwen2.5-VL policy and its processor for training, with the freeze settings applied."""
+"""Load a policy (any registered model family) and its processor for training, with the freeze settings applied."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from rexthinker.config import ConfigError
+from rexthinker.models.families import family_for_model_type
 from rexthinker.models.lora import LoraConfig, lora_problem
 
 
@@ -81,10 +82,12 @@ def set_pixel_limits(processor, min_pixels: int | None, max_pixels: int | None) 
 
 
 def freeze(model, *, freeze_vision: bool, freeze_projector: bool, freeze_llm: bool) -> None:
-    """Vision blocks + patch embedding, the patch merger (projector) and the language model (with
-    its head) can each be frozen."""
+    """Vision blocks + patch embedding, the projector and the language model (with its head) can
+    each be frozen. The projector is the model family's: the patch merger (Qwen2.5-VL), plus the
+    DeepStack mergers (Qwen3-VL); an unknown family fails here."""
+    projector = family_for_model_type(model.config.model_type).projector_prefixes
     for name, p in model.model.visual.named_parameters():
-        p.requires_grad = not (freeze_projector if name.startswith("merger.") else freeze_vision)
+        p.requires_grad = not (freeze_projector if name.startswith(projector) else freeze_vision)
     for p in model.model.language_model.parameters():
         p.requires_grad = not freeze_llm
     for p in model.lm_head.parameters():
