@@ -7,31 +7,18 @@ import json
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from rexthinker import coords
 from rexthinker.models import families, tiny_qwen3vl
 from rexthinker.prompts import THINK_PROMPT
 
+from .test_tiny import _image, _messages  # the same scene and chat as the Qwen2.5-VL checks
+
 
 @pytest.fixture(scope="module")
 def qwen3vl_path():
     return tiny_qwen3vl.get("tiny")
-
-
-def _image() -> Image.Image:
-    image = Image.new("RGB", (300, 200), (235, 235, 235))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle([40, 60, 90, 180], fill=(200, 30, 30))
-    draw.rectangle([180, 40, 230, 180], fill=(30, 60, 200))
-    return image
-
-
-def _messages(text: str = "Please detect the person in red in this image."):
-    return [
-        {"role": "system", "content": [{"type": "text", "text": THINK_PROMPT}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
-    ]
 
 
 def test_specs_use_head_sizes_vllm_cpu_accepts():
