@@ -22,6 +22,18 @@ def _image() -> Image.Image:
     return image
 
 
+def teacher_forced_logprobs(model, inputs: dict, tokens: list[int]) -> torch.Tensor:
+    """(len(tokens), vocab) log-probs of the model at each of ``tokens`` appended to the prompt ``inputs``."""
+    gen = torch.tensor([tokens])
+    full = dict(inputs)
+    full["input_ids"] = torch.cat([inputs["input_ids"], gen], dim=1)
+    full["attention_mask"] = torch.ones_like(full["input_ids"])
+    full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(gen)], dim=1)
+    with torch.no_grad():
+        logits = model(**full).logits[0, inputs["input_ids"].shape[1] - 1 : -1]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
 def _messages(text: str = "Please detect the person in red in this image."):
     return [
         {"role": "system", "content": [{"type": "text", "text": THINK_PROMPT}]},
@@ -122,14 +134,7 @@ def test_vllm_matches_hf_greedy_tokens_and_logprobs(tiny_model_path, tiny_vllm):
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
-    prompt_len = inputs["input_ids"].shape[1]
-    full = dict(inputs)
-    gen = torch.tensor([vllm_tokens])
-    full["input_ids"] = torch.cat([inputs["input_ids"], gen], dim=1)
-    full["attention_mask"] = torch.ones_like(full["input_ids"])
-    full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(gen)], dim=1)
-    with torch.no_grad():
-        logits = model(**full).logits[0, prompt_len - 1 : -1]
-    hf_logprobs = torch.log_softmax(logits.float(), dim=-1).gather(1, gen[0][:, None])[:, 0]
+    gen = torch.tensor(vllm_tokens)
+    hf_logprobs = teacher_forced_logprobs(model, inputs, vllm_tokens).gather(1, gen[:, None])[:, 0]
     assert (hf_logprobs - vllm_logprobs).abs().max().item() < 1e-3
     assert SPECS["tiny"].tie_word_embeddings  # the tied-head path is the one exercised here

@@ -13,7 +13,7 @@ from rexthinker import coords
 from rexthinker.models import families, tiny_qwen3vl
 from rexthinker.prompts import THINK_PROMPT
 
-from .test_tiny import _image, _messages  # the same scene and chat as the Qwen2.5-VL checks
+from .test_tiny import _image, _messages, teacher_forced_logprobs  # the same scene and chat as the Qwen2.5-VL checks
 
 
 @pytest.fixture(scope="module")
@@ -129,25 +129,15 @@ def test_vllm_matches_hf_before_and_after_a_weight_sync(qwen3vl_path):
     processor, model, text, hf_tokens, inputs = _hf_greedy(qwen3vl_path, 8)
     vllm_tokens = result["greedy_tokens"]
     assert vllm_tokens[: len(hf_tokens)] == hf_tokens
-    prompt_len = inputs["input_ids"].shape[1]
-    full = dict(inputs)
-    gen = torch.tensor([vllm_tokens])
-    full["input_ids"] = torch.cat([inputs["input_ids"], gen], dim=1)
-    full["attention_mask"] = torch.ones_like(full["input_ids"])
-    full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(gen)], dim=1)
-    with torch.no_grad():
-        logits = model(**full).logits[0, prompt_len - 1 : -1]
-    hf_logprobs = torch.log_softmax(logits.float(), dim=-1)
+    hf_logprobs = teacher_forced_logprobs(model, inputs, vllm_tokens)
     diff = max(abs(hf_logprobs[i, t].item() - lp) for i, step in enumerate(result["greedy_logprobs"]) for t, lp in step)
     print(f"greedy: max |log-prob vLLM - HF| over the top-5 tokens of each step = {diff:.2e}")
     assert diff < 1e-3
     # The compared numbers depend on the image (the vision path is really exercised): another image
     # moves them by far more than the tolerance.
     other = processor(text=[text], images=[Image.new("RGB", (300, 200), (20, 200, 20))], return_tensors="pt")
-    full.update(pixel_values=other["pixel_values"])
-    with torch.no_grad():
-        other_logits = model(**full).logits[0, prompt_len - 1 : -1]
-    assert (torch.log_softmax(other_logits.float(), dim=-1) - hf_logprobs).abs().max().item() > 1e-2
+    other_logprobs = teacher_forced_logprobs(model, {**inputs, "pixel_values": other["pixel_values"]}, vllm_tokens)
+    assert (other_logprobs - hf_logprobs).abs().max().item() > 1e-2
 
     assert result["sync_changed_samples"]
     assert max(result["sync_diffs"].values()) <= 1e-3, result["sync_diffs"]
