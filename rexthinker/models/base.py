@@ -203,6 +203,8 @@ def build_features(processor, image, turns: list[tuple[str, str]]) -> Features:
 
 
 # --- skill probes ----------------------------------------------------------------------------------
+PROBES = {"box": "box_exact", "colour": "colour_acc", "describe": "describe_exact", "locate": "locate_exact"}
+
 def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int]]]:
     """For each line of a description, the token indices (within ``answer + <|im_end|>`` tokenised on
     its own, as :func:`build_features` does) of its box and of its shirt-colour word."""
@@ -231,6 +233,12 @@ def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[
     - ``colour_acc``: description lines whose shirt colour is right: the region that box names, read;
     - ``describe_exact`` / ``locate_exact``: whole answers right (the description; "Where is ...").
     """
+    counts, totals = probe_counts(logits, labels, targets)
+    return {PROBES[k]: counts[k] / totals[k] for k in counts if totals[k]}
+
+
+def probe_counts(logits: torch.Tensor, labels: torch.Tensor, targets) -> tuple[dict[str, int], dict[str, int]]:
+    """What :func:`skill_probes` divides: right answers and totals per probe (to pool several batches)."""
     pred = logits[:, :-1].argmax(-1)
     gold = labels[:, 1:]
     counts = dict.fromkeys(("box", "colour", "describe", "locate"), 0)
@@ -250,8 +258,26 @@ def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[
                     totals[name] += 1
                     at = first[torch.tensor(where)]
                     counts[name] += bool((pred[row, at] == gold[row, at]).all())
-    names = {"box": "box_exact", "colour": "colour_acc", "describe": "describe_exact", "locate": "locate_exact"}
-    return {names[k]: counts[k] / totals[k] for k in counts if totals[k]}
+    return counts, totals
+
+
+def measure(folder: Path, chats: int = 256, start: int = 0, batch_size: int = 16) -> dict[str, float]:
+    """The held-out skill probes of the base in ``folder`` (a build, snapshot or shipped copy) on chats
+    ``start .. start+chats-1`` of the ``pretrain-val`` split at its last build's scene settings, fp32
+    compute, pooled over all the chats. The probes logged while training use the first 32."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    recipe = BaseRecipe(**{**lineage(folder)[-1]["recipe"], "init": ""})
+    processor = AutoProcessor.from_pretrained(folder)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    counts, totals = {}, {}
+    for data, targets in _loader(Chats(processor, recipe, "pretrain-val", start, chats), batch_size, 0, processor.tokenizer.pad_token_id):
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in data.items() if k not in ("labels", "skipped")}).logits.float()
+        for total, part in zip((counts, totals), probe_counts(logits, data["labels"], targets)):
+            for k, v in part.items():
+                total[k] = total.get(k, 0) + v
+    return {PROBES[k]: counts[k] / totals[k] for k in counts if totals[k]}
 
 
 def _answer_spans(gold_row: torch.Tensor) -> list[torch.Tensor]:
@@ -267,12 +293,15 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, targets, colour_we
     losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), gold.flatten(), ignore_index=IGNORE,
                                                reduction="none").view_as(gold)  # fmt: skip
     weights = (gold != IGNORE).float()
-    if colour_weight != 1.0:
-        for row in range(gold.shape[0]):
-            spans = _answer_spans(gold[row])
+    if colour_weight != 1.0:  # built on the CPU: one copy of the labels, not a device sync per row
+        on_cpu = gold.cpu()
+        weights = weights.cpu()
+        for row in range(on_cpu.shape[0]):
+            spans = _answer_spans(on_cpu[row])
             for _, colour in targets[row] if spans else ():
                 if colour:
                     weights[row, spans[0][torch.tensor(colour)]] = colour_weight
+        weights = weights.to(losses.device)
     return (losses * weights).sum() / weights.sum().clamp(min=1.0)
 
 
@@ -299,7 +328,11 @@ def _loader(chats: Chats, batch_size: int, workers: int, pad_id: int):
         return collate([f for f, _ in items], pad_id), [t for _, t in items]
 
     return torch.utils.data.DataLoader(chats, batch_size=batch_size, num_workers=workers, collate_fn=collate_chats,
-                                       prefetch_factor=4 if workers else None)  # fmt: skip
+                                       prefetch_factor=4 if workers else None, worker_init_fn=_one_thread)  # fmt: skip
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # each worker draws scenes on one core; several threads each would oversubscribe
 
 
 def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print, snapshots: Path | None = None,
@@ -352,6 +385,35 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print, snap
     learner.export_hf(out_dir, processor)
     (out_dir / "pretrain_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     return history[-1]
+
+
+def fit_steps(recipe: BaseRecipe, minutes: float, log=print, timed_steps: int = 50) -> BaseRecipe:
+    """``recipe`` with ``steps`` chosen so that the whole command (this timing included) takes about
+    ``minutes`` here: ``timed_steps`` steps of the same recipe run first (throwaway, not cached), and
+    the time per step after the first 10 and the fixed costs (loading, DataLoader start, export)
+    set the budget. The chosen ``steps`` is part of the recipe, so the card's command rebuilds it."""
+    import tempfile
+
+    from rexthinker.models import tiny
+
+    if recipe.copy_steps:
+        raise ValueError("--minutes fits the image steps only; give --steps when --copy-steps is set")
+    began = time.perf_counter()
+    source = Path(recipe.init) if recipe.init else tiny.get(recipe.spec)
+    trial = dataclasses.replace(recipe, steps=timed_steps, warmup_steps=min(recipe.warmup_steps, timed_steps // 2))
+    with tempfile.TemporaryDirectory() as tmp:
+        pretrain(source, Path(tmp), trial, log=lambda _: None)
+        history = [json.loads(line) for line in (Path(tmp) / "pretrain_history.jsonl").read_text().splitlines()]
+    spent = time.perf_counter() - began
+    per_step = (history[-1]["elapsed_s"] - history[9]["elapsed_s"]) / (timed_steps - 10)
+    fixed = spent - history[-1]["elapsed_s"]  # one build's start and export
+    steps = int(0.95 * (minutes * 60 - spent - fixed) / per_step)
+    if steps < timed_steps:
+        raise ValueError(f"--minutes {minutes}: {timed_steps} timed steps took {spent:.0f} s ({per_step:.3f} s a step), "
+                         f"so the budget leaves only {max(steps, 0)} steps; give more minutes or --steps")  # fmt: skip
+    log(f"[base] fit: {per_step:.3f} s a step after {timed_steps} timed steps ({spent:.0f} s, {fixed:.0f} s of it fixed) "
+        f"-> --steps {steps} for {minutes:g} minutes")  # fmt: skip
+    return dataclasses.replace(recipe, steps=steps)
 
 
 def get(recipe: BaseRecipe | None = None, log=print) -> Path:
@@ -447,7 +509,7 @@ def model_card(chain: list[dict], dtype: str, n_params: int, note: str = "") -> 
         "describing every hinted person (`Person 2 [x0, y0, x1, y1]: red shirt, tall, ...`) and locating",
         "`Person k` (its hint box as JSON). Scenes are SynthRef's, from its own `pretrain` split, so none is",
         "shared with the SFT, GRPO or evaluation splits. It is a stand-in for a pre-trained VLM at demo",
-        "scale, built on a CPU; it is not a model of real photographs.",
+        "scale; it is not a model of real photographs.",
         "",
         "## How it was built",
         "",
@@ -493,8 +555,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
     parser.add_argument("--ship", type=Path, default=None, help="also write the build there with its model card")
     parser.add_argument("--note", default="", help="a paragraph for the model card (where it ran, what it can and cannot do)")
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="choose --steps so the command takes about this long here (times 50 steps first; GPU mode)")  # fmt: skip
+    parser.add_argument("--measure", type=Path, default=None,
+                        help="print the held-out probes of the base in this folder on --chats chats, and build nothing")
+    parser.add_argument("--chats", type=int, default=256, help="held-out chats for --measure")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps({"base": str(args.measure), "chats": args.chats, **measure(args.measure, args.chats)}))
+        return 0
     recipe = BaseRecipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseRecipe)})
+    if args.minutes:
+        recipe = fit_steps(recipe, args.minutes)
     path = get(recipe)
     print(path)
     if args.ship:

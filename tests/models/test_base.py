@@ -117,6 +117,25 @@ def test_a_build_writes_snapshots_and_continues_from_one(tmp_path, monkeypatch):
     assert all(torch.equal(after[k].to(torch.bfloat16).float(), v) for k, v in loaded.state_dict().items())
 
 
+def test_minutes_fit_the_steps_to_this_machine(tmp_path, monkeypatch):
+    source = tiny.get("tiny")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / source.name).symlink_to(source)
+    monkeypatch.setenv("REXTHINKER_CACHE", str(tmp_path))
+    recipe = base.BaseRecipe(spec="tiny", batch_size=2)
+    logs: list[str] = []
+    fitted = base.fit_steps(recipe, 3.0, log=logs.append, timed_steps=12)
+    per_step, spent = (float(x) for x in re.search(r"([\d.]+) s a step after 12 timed steps \((\d+) s", logs[0]).groups())
+    assert 12 < fitted.steps and fitted.steps * per_step <= 3 * 60 - spent
+    assert f"--steps {fitted.steps} for 3 minutes" in logs[0]
+    assert dataclasses.replace(fitted, steps=recipe.steps) == recipe  # only the steps change
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [source.name]  # the timed steps are not cached
+    with pytest.raises(ValueError, match="--minutes 0.05: 12 timed steps took"):
+        base.fit_steps(recipe, 0.05, log=logs.append, timed_steps=12)
+    with pytest.raises(ValueError, match="--copy-steps"):
+        base.fit_steps(dataclasses.replace(recipe, copy_steps=2), 3.0)
+
+
 def test_probes_score_the_box_and_colour_of_each_description_line(processor):
     lo, hi = pixel_limits(processor)
     image, turns = base.make_example(4, base.BaseRecipe(spec="tiny"), lo, hi)
