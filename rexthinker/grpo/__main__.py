@@ -1,7 +1,8 @@
 """Stage 2, GRPO: ``python -m rexthinker.grpo --config recipes/configs/grpo_refcocog.yaml key=value ...``.
 
 Starts (or joins, with ``RAY_ADDRESS``) a Ray cluster, places the policy learner and the rollout
-engines as actors, and runs the loop of :mod:`rexthinker.grpo.trainer`. Resumes from the newest
+engines as actors, and runs the loop of :mod:`rexthinker.grpo.trainer`; with ``resources.mode=local``
+the learner and one engine run in this process instead, without Ray. Resumes from the newest
 complete checkpoint in ``trainer.output_dir``.
 
 Differences from the released recipe (EasyR1-based, contracts §6): the learner batches by token

@@ -61,6 +61,11 @@ class RewardConfig:
 
 @dataclass
 class ResourcesConfig:
+    # ray: the roles are Ray actors. local: plain objects in the driver process, no Ray imported (with
+    # rollout.backend=hf, no vLLM or DeepSpeed either), for one machine and debugging: one learner rank,
+    # one rollout engine, learner.strategy=single; call_timeout_s cannot interrupt an in-process call,
+    # and actor_restarts does not apply.
+    mode: Literal["ray", "local"] = "ray"
     ray_address: str | None = None  # None: $RAY_ADDRESS or a local cluster
     gpus: int = 0  # GPUs for this run (0 on CPU machines)
     rollout_engines: int = 1
@@ -93,14 +98,22 @@ class GRPOConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        ranks = self.resources.learner_ranks
+        ranks, engines = self.resources.learner_ranks, self.resources.rollout_engines
+        if self.resources.mode == "local" and (ranks, engines, self.learner.strategy) != (1, 1, "single"):
+            raise ConfigError("resources.mode=local runs one learner and one rollout engine in this process: it needs "
+                              f"resources.learner_ranks=1 (got {ranks}), resources.rollout_engines=1 (got {engines}) "
+                              f"and learner.strategy=single (got {self.learner.strategy})")  # fmt: skip
         if ranks < 1:
             raise ConfigError(f"resources.learner_ranks must be at least 1, got {ranks}")
         if ranks > 1 and self.learner.strategy == "single":
             raise ConfigError(f"resources.learner_ranks={ranks} needs learner.strategy=zero2 or zero3: "
                               "'single' trains in one process")  # fmt: skip
-        if self.resources.rollout_engines < 1:
-            raise ConfigError(f"resources.rollout_engines must be at least 1, got {self.resources.rollout_engines}")
+        if engines < 1:
+            raise ConfigError(f"resources.rollout_engines must be at least 1, got {engines}")
+        if self.algorithm.share_prompts and self.learner.gradient_checkpointing:
+            raise ConfigError("algorithm.share_prompts=true runs the responses on the prompt's key/value cache, which "
+                              "transformers' gradient checkpointing drops while training: set algorithm.share_prompts=false "
+                              "with learner.gradient_checkpointing=true")  # fmt: skip
         refill = self.algorithm.refill_rounds
         if refill < 0 or (refill and not self.algorithm.filter_zero_variance):
             raise ConfigError(f"algorithm.refill_rounds={refill} must be 0, or positive with algorithm.filter_zero_variance=true "

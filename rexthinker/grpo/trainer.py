@@ -7,7 +7,9 @@ Prompts, rollouts, rewards and the zero-variance filter run as one round (``roll
 :class:`Rollouts`); with ``algorithm.refill_rounds``, further rounds draw new prompts for the groups
 the filter dropped (DAPO's dynamic sampling).
 
-The roles run as Ray actors (:mod:`rexthinker.grpo.workers`); the driver holds no model. The
+The roles run as Ray actors (:mod:`rexthinker.grpo.workers`); the driver holds no model. With
+``resources.mode: local`` they are objects in the driver process instead, called the same way
+(:class:`~rexthinker.grpo.actors.LocalActor`), and Ray is never imported. The
 learner may be several data-parallel ranks (``resources.learner_ranks``, DeepSpeed ZeRO): the
 driver splits each step's responses over them by token count and calls them all at once. Every
 stage is timed and logged as ``time/<stage>_s``.
@@ -214,7 +216,6 @@ class GRPOTrainer:
             raise
 
     def _setup(self, cfg: GRPOConfig) -> None:
-        import ray
         from transformers import AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(cfg.model.path)
@@ -240,22 +241,29 @@ class GRPOTrainer:
         if cfg.trainer.resume:
             checkpoint.recover(self.ckpt_root)
             found = checkpoint.candidates(self.ckpt_root)
-        resume_from = found[0] if found else None
-        env = {k: os.environ[k] for k in ACTOR_ENV if k in os.environ}
-        if not ray.is_initialized():
-            ray.init(address=cfg.resources.ray_address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env},
-                     include_dashboard=False, log_to_driver=True)  # fmt: skip
+        weights_path = str(found[0] / "hf") if found else cfg.model.path
         self.placement_group = None
-        self.learners, self.rollouts = self._start_actors(resume_from)
+        start = self._start_local if cfg.resources.mode == "local" else self._start_actors
+        self.learners, self.rollouts = start(weights_path)
         if cfg.trainer.resume and checkpoint.step_dirs(self.ckpt_root):  # damaged ones too: never a silent fresh start
             self.resume(found)
         print(f"[grpo] {len(self.samples)} prompts, {per_epoch} steps/epoch, {self.total_steps} steps, "
               f"{cfg.algorithm.prompts_per_step} x {cfg.rollout.n} samples per step, rollouts: {cfg.rollout.backend}", flush=True)  # fmt: skip
 
-    def _start_actors(self, resume_from: Path | None):
-        """Placement (:func:`plan_placement`). On CPU, half a core per actor (they share the
-        machine). A tensor-parallel vLLM engine gets one bundle per rank. Several learner ranks form
-        one process group: rank 0's node and a free port there are looked up first, and every rank
+    def _start_local(self, weights_path: str):
+        """``resources.mode: local``: the learner and one rollout engine in this process. A role's own
+        exception reaches the driver as is (``task_error``)."""
+        from rexthinker.grpo.workers import PolicyWorker, RolloutWorker
+
+        self.task_error = Exception
+        learner = PolicyWorker(self.cfg, self.total_steps, weights_path)
+        engine = RolloutWorker(self.cfg, weights_path, _seed(self.cfg.trainer.seed, 0))
+        return [actors.LocalActor(learner)], [actors.LocalActor(engine)]
+
+    def _start_actors(self, weights_path: str):
+        """The Ray cluster joined (or started), then placement (:func:`plan_placement`). On CPU, half
+        a core per actor (they share the machine). A tensor-parallel vLLM engine gets one bundle per
+        rank. Several learner ranks form one process group: rank 0's node and a free port there are looked up first, and every rank
         gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT before it joins."""
         import ray
         from ray.util.placement_group import placement_group
@@ -264,6 +272,11 @@ class GRPOTrainer:
         from rexthinker.grpo.workers import PolicyWorker, RolloutWorker
 
         r = self.cfg.resources
+        if not ray.is_initialized():
+            env = {k: os.environ[k] for k in ACTOR_ENV if k in os.environ}
+            ray.init(address=r.ray_address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env},
+                     include_dashboard=False, log_to_driver=True)  # fmt: skip
+        self.task_error = ray.exceptions.RayTaskError  # how a role's own exception reaches the driver
         ranks, gpu = r.learner_ranks, r.gpus > 0
         tp = self.cfg.rollout.tensor_parallel_size if self.cfg.rollout.backend == "vllm" else 1
         plan = plan_placement(ranks, r.rollout_engines, gpu, r.colocate, tp)
@@ -286,7 +299,6 @@ class GRPOTrainer:
             # Ray shows each actor only its own GPU, so the local device is always 0 there.
             dist_envs = [{**common, "RANK": str(i), "LOCAL_RANK": "0" if gpu else str(i)} for i in range(ranks)]
 
-        weights_path = str(resume_from / "hf") if resume_from is not None else self.cfg.model.path
         learners = [
             ray.remote(PolicyWorker).options(num_cpus=0.5, num_gpus=plan.share, scheduling_strategy=strategy(plan.learners[i])).remote(
                 self.cfg, self.total_steps, weights_path, env
@@ -327,8 +339,6 @@ class GRPOTrainer:
         """Load the newest checkpoint the learners can read (the rollout engines started from its
         ``hf/``); when it is damaged, the one before it, whose weights are then synced to the engines.
         A file that would run code when unpickled stops the run."""
-        import ray
-
         for i, folder in enumerate(found):
             try:
                 self._on_learners("load", str(folder))
@@ -336,8 +346,8 @@ class GRPOTrainer:
                 self.step = state["step"]
                 # A checkpoint written before refills existed holds no position: every step then drew one batch.
                 self.data_position = state.get("data_position", self.step * self.cfg.algorithm.prompts_per_step)
-            except (ray.exceptions.RayTaskError, OSError, ValueError, KeyError) as exc:
-                cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+            except (self.task_error, OSError, ValueError, KeyError) as exc:
+                cause = getattr(exc, "cause", exc)  # a RayTaskError's cause, else the exception itself
                 if isinstance(cause, checkpoint.UnsafeCheckpointError):
                     raise cause from None
                 print(f"[grpo] cannot resume from {folder} ({type(cause).__name__}: {cause}); trying an older checkpoint", flush=True)
@@ -622,12 +632,14 @@ class GRPOTrainer:
         return result
 
     def cleanup(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
         self.logger.close()
         self.reward.close()  # its worker process, under reward.timeout_s
-        for actor in [*self.learners, *self.rollouts]:
-            ray.kill(actor)
-        remove_placement_group(self.placement_group)
+        if self.cfg.resources.mode == "ray":
+            import ray
+            from ray.util.placement_group import remove_placement_group
+
+            for actor in [*self.learners, *self.rollouts]:
+                ray.kill(actor)
+            remove_placement_group(self.placement_group)
+        self.learners, self.rollouts = [], []  # local mode: the models go with them
         self.lock.release()

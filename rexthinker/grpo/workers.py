@@ -1,5 +1,6 @@
 """The roles of a GRPO run. Plain classes: the driver runs each inside a Ray actor
-(``ray.remote(PolicyWorker)``), and tests can also use them directly.
+(``ray.remote(PolicyWorker)``), or with ``resources.mode: local`` in its own process
+(:class:`~rexthinker.grpo.actors.LocalActor`), and tests can also use them directly.
 
 - :class:`PolicyWorker` — the learner: the trainable policy, its optimizer, and the frozen
   reference policy for the KL term; runs the update (:mod:`rexthinker.grpo.update`).
@@ -92,8 +93,9 @@ class PolicyWorker:
 
 
 def rollout_sleeps(cfg: GRPOConfig) -> bool:
-    """Whether this run's vLLM engines sleep between generations (``rollout.sleep``)."""
-    colocated = cfg.resources.colocate and cfg.resources.gpus > 0
+    """Whether this run's vLLM engines sleep between generations (``rollout.sleep``). In local mode
+    the engine always shares the learner's device."""
+    colocated = cfg.resources.mode == "local" or (cfg.resources.colocate and cfg.resources.gpus > 0)
     cuda = torch.cuda.is_available()
     if cfg.rollout.sleep is True and not cuda:
         print("[rollout] rollout.sleep=true has no effect without CUDA (vLLM's sleep mode is CUDA-only)", flush=True)

@@ -8,10 +8,11 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
+from rexthinker.config import ConfigError
 from rexthinker.data.synthref import generate
 from rexthinker.generation import render
 from rexthinker.grpo.algorithm import kl_penalty
-from rexthinker.grpo.config import AlgorithmConfig
+from rexthinker.grpo.config import AlgorithmConfig, GRPOConfig
 from rexthinker.grpo.experience import TokenSequence, collate, encode_prompt, token_logprobs_and_entropy
 from rexthinker.grpo.update import sequence_kl, update
 from rexthinker.models.load import load_policy
@@ -48,10 +49,11 @@ def reference(tiny_model_path):
     return model.eval().requires_grad_(False)
 
 
-def _learner(path) -> Learner:
+def _learner(path, gradient_checkpointing: bool = False) -> Learner:
     model, _ = load_policy(str(path))  # vision tower and projector frozen
     optim = OptimConfig(lr=1e-3, weight_decay=0.0, scheduler="constant", warmup_ratio=0.0)
-    return Learner(model, optim, LearnerConfig(strategy="single", precision="fp32"), total_steps=10)
+    cfg = LearnerConfig(strategy="single", precision="fp32", gradient_checkpointing=gradient_checkpointing)
+    return Learner(model, optim, cfg, total_steps=10)
 
 
 def _state(learner: Learner) -> dict[str, torch.Tensor]:
@@ -168,6 +170,26 @@ def test_the_micro_batch_budget_does_not_change_the_step(tiny_model_path, seqs, 
     assert metrics[0]["actor/updates"] == len(grads[0]) == 2
     _assert_same_grads(grads[0], grads[1])
     _assert_same_weights(_state(learners[0]), _state(learners[1]))
+
+
+def test_gradient_checkpointing_gives_the_same_step_and_refuses_shared_prompts(tiny_model_path, seqs, reference):
+    # The released GRPO recipe checkpoints; transformers then drops the prompt's key/value cache in
+    # training, which the shared-prompt layout runs its responses on: refused in the config, and the
+    # plain layout it must use instead computes the same step as without checkpointing.
+    learners, grads, metrics = [], [], []
+    for checkpointing in (False, True):
+        learner = _learner(tiny_model_path, gradient_checkpointing=checkpointing)
+        grads.append(_record_grads(learner))
+        metrics.append(_run(learner, reference, seqs, ADVANTAGES, share_prompts=False))
+        learners.append(learner)
+    _assert_same_metrics(metrics[0], metrics[1])
+    _assert_same_grads(grads[0], grads[1])
+    _assert_same_weights(_state(learners[0]), _state(learners[1]))
+    with pytest.raises(AttributeError, match="reorder_cache"):  # what the shared layout did before the config refused it
+        _run(learners[1], reference, seqs, ADVANTAGES, share_prompts=True)
+    with pytest.raises(ConfigError, match="algorithm.share_prompts=false with learner.gradient_checkpointing=true"):
+        GRPOConfig(learner=LearnerConfig(gradient_checkpointing=True))
+    GRPOConfig(learner=LearnerConfig(gradient_checkpointing=True), algorithm=AlgorithmConfig(share_prompts=False))
 
 
 def test_sequence_kl_is_the_summed_kl_of_each_response(tiny_model_path, seqs, reference):
