@@ -132,9 +132,12 @@ def new_engine(model: str, **settings):
 def hf_generate(
     model, processor, samples: Sequence[RefSample], *, max_new_tokens: int = 1024, batch_size: int = 8,
     template: str = "train", instruction: str = "system", do_sample: bool = False, temperature: float = 1.0,
-    top_p: float = 1.0, progress: bool = False,
+    top_p: float = 1.0, progress: bool = False, streamer=None,
 ) -> list[Generation]:  # fmt: skip
-    """Batched, left-padded ``model.generate``; greedy unless ``do_sample``."""
+    """Batched, left-padded ``model.generate``; greedy unless ``do_sample``. ``streamer`` (a transformers
+    streamer, one sample only) sees the tokens as they are generated."""
+    if streamer is not None and len(samples) != 1:
+        raise ValueError(f"a streamer follows one sample, got {len(samples)}")
     tokenizer = processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     rendered = render(samples, processor, template, instruction)
@@ -152,6 +155,8 @@ def hf_generate(
             kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens)
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p)
+            if streamer is not None:
+                kwargs["streamer"] = streamer
             for r, grid in zip(chunk, inputs["image_grid_thw"]):
                 check_grid(r.info, grid)
             ids = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]

@@ -6,6 +6,8 @@
     print(result.raw)                       # <think>...</think><answer>...</answer>
     result.answer_boxes_original            # the answer in the image's own pixels
     draw_result(result, image).save("out.png")
+    for text, result in referrer.stream(image, "helmet", "the fourth helmet from left", boxes):
+        ...                                 # the completion so far; result is None until the end (backend="hf" streams)
 
 ``boxes`` are the candidates (box hints) in original pixels, or a detector
 (:mod:`rexthinker.detect`) that proposes them. The prompt is built by :mod:`rexthinker.prompts`:
@@ -21,7 +23,8 @@ pixel limits 16*28*28 .. 1280*28*28, greedy decoding.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -183,6 +186,48 @@ class Referrer:
     def refer(self, image: Image.Image, category: str, referring: str, boxes=None) -> Result:
         """One question about ``image``. ``boxes``: the candidates in original pixels, a
         :class:`~rexthinker.detect.Detector` to propose them, or None for no candidates."""
+        return self.ask([self.query(image, category, referring, boxes)])[0]
+
+    def stream(self, image: Image.Image, category: str, referring: str, boxes=None) -> Iterator[tuple[str, Result | None]]:
+        """:meth:`refer`, yielding the completion while it is written: ``(text so far, None)`` per new
+        piece, then ``(completion, result)`` with the same result :meth:`refer` gives. The hf backend
+        streams; vLLM yields the finished answer once."""
+        sample = self.query(image, category, referring, boxes)
+        if self.backend != "hf":
+            (result,) = self.ask([sample])
+            yield result.raw, result
+            return
+        streamer = _stoppable_streamer(self.processor.tokenizer)
+        done: dict = {}
+
+        def run() -> None:
+            try:
+                done["generation"] = hf_generate(
+                    self.engine, self.processor, [sample], max_new_tokens=self.max_new_tokens, template=self.template,
+                    instruction=self.instruction, streamer=streamer,
+                )[0]  # fmt: skip
+            except BaseException as err:  # re-raised below, in the caller's thread
+                done["error"] = err
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="rexthinker-stream", daemon=True)
+        worker.start()
+        text = ""
+        try:
+            for piece in streamer:
+                if piece:
+                    text += piece
+                    yield text, None
+        finally:  # the caller stopped listening (a closed page, say): end the generation at the next token
+            streamer.stopped = True
+            worker.join()
+        if "error" in done:
+            raise done["error"]
+        result = interpret(done["generation"])
+        yield result.raw, result
+
+    def query(self, image: Image.Image, category: str, referring: str, boxes=None) -> RefSample:
+        """The sample :meth:`refer` asks about: ``image`` with its candidates (boxes, or a detector's)."""
         image = image.convert("RGB")
         if boxes is None:
             candidates = []
@@ -193,30 +238,48 @@ class Referrer:
         bad = [box for box in candidates if len(box) != 4]
         if bad:
             raise ValueError(f"candidate boxes must be [x0, y0, x1, y1]; got {bad[0]}")
-        sample = RefSample(
+        return RefSample(
             id="query", image_name="", referring=referring, candidate_boxes=candidates, answer_boxes=[],
             category=category, image_bytes=encode_png(image), image_size=image.size,
         )  # fmt: skip
-        return self.ask([sample])[0]
+
+
+def _stoppable_streamer(tokenizer):
+    """A ``TextIteratorStreamer`` that ends its ``generate`` call (by raising) once ``stopped`` is set."""
+    from transformers import TextIteratorStreamer
+
+    class Streamer(TextIteratorStreamer):
+        stopped = False
+
+        def put(self, value):
+            if self.stopped:
+                raise RuntimeError("the stream's reader stopped listening")
+            super().put(value)
+
+    return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def read_boxes_file(path: str | os.PathLike) -> list[Box]:
-    """Candidate boxes from a JSON file: a list of ``[x0, y0, x1, y1]`` (original pixels), or the
-    hint's own form ``{"<category>": [[x0, y0, x1, y1], ...]}``."""
+    """Candidate boxes from a JSON file (see :func:`parse_boxes`)."""
     import json
 
     with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
+        return parse_boxes(json.load(fh), str(path))
+
+
+def parse_boxes(data, source: str = "boxes") -> list[Box]:
+    """Candidate boxes from parsed JSON: a list of ``[x0, y0, x1, y1]`` (original pixels), or the
+    hint's own form ``{"<category>": [[x0, y0, x1, y1], ...]}``. ``source`` names the input in errors."""
     if isinstance(data, dict):
         if len(data) != 1:
-            raise ValueError(f"{path}: expected a list of boxes or one {{category: boxes}} entry, got {list(data)}")
+            raise ValueError(f"{source}: expected a list of boxes or one {{category: boxes}} entry, got {list(data)}")
         (data,) = data.values()
     ok = isinstance(data, list) and all(
         isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
         for b in data
     )
     if not ok:
-        raise ValueError(f"{path}: boxes must be a list of [x0, y0, x1, y1] number lists")
+        raise ValueError(f"{source}: boxes must be a list of [x0, y0, x1, y1] number lists")
     return [[float(v) for v in b] for b in data]
 
 
@@ -339,5 +402,5 @@ def _summary_lines(result: Result, limit: int = 40) -> list[str]:
 
 __all__ = [
     "BACKENDS", "Referrer", "Result", "draw_result", "interpret", "load_processor",
-    "prediction_row", "read_boxes_file",
+    "parse_boxes", "prediction_row", "read_boxes_file",
 ]  # fmt: skip
