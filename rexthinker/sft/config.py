@@ -40,10 +40,20 @@ class SFTEvalConfig(EvalConfig):
 
 
 @dataclass
+class SFTLossConfig:
+    # Where the gradient goes: regular expression -> loss weight of the answer tokens its match covers
+    # (its first group's, when it has one); every other answer token weighs 1 and the loss is the
+    # weighted mean. {} = plain next-token loss. E.g. {'Person \d+[^:\n]*: ([^→\n]+) →': 5} weighs the attributes a
+    # trace line states of a candidate 5 times.
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class SFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
+    loss: SFTLossConfig = field(default_factory=SFTLossConfig)
     eval: SFTEvalConfig = field(default_factory=SFTEvalConfig)

@@ -8,6 +8,7 @@ the assistant tokens: ``<think>…</think><answer>…</answer><|im_end|>\\n``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,32 +22,55 @@ from rexthinker.train.features import IGNORE, Features, collate
 END_OF_TURN = "<|im_end|>\n"
 
 
-def build_features(sample: RefSample, processor, template: str = "train", instruction: str = "system") -> Features:
+def build_features(sample: RefSample, processor, template: str = "train", instruction: str = "system",
+                   weights: dict[str, float] | None = None) -> Features:  # fmt: skip
+    """``weights``: the loss weights of :class:`~rexthinker.sft.config.SFTLossConfig` (None or {}: 1 each)."""
     request = render_request(sample, processor, template, instruction)
     enc = processor(text=[request.prompt], images=[request.image], return_tensors="pt")
-    target_ids = processor.tokenizer(target_text(sample, request.info) + END_OF_TURN, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    prompt_ids = enc["input_ids"][0]
+    target = target_text(sample, request.info) + END_OF_TURN
+    tokens = processor.tokenizer(target, add_special_tokens=False, return_tensors="pt", return_offsets_mapping=bool(weights))
+    target_ids, prompt_ids = tokens["input_ids"][0], enc["input_ids"][0]
+    token_weights = None
+    if weights:
+        token_weights = torch.cat([torch.zeros(prompt_ids.numel()), span_weights(target, tokens["offset_mapping"][0].tolist(), weights)])
     return Features(
         input_ids=torch.cat([prompt_ids, target_ids]),
         labels=torch.cat([torch.full_like(prompt_ids, IGNORE), target_ids]),
         mm_token_type_ids=torch.cat([enc["mm_token_type_ids"][0], torch.zeros_like(target_ids)]),
         pixel_values=enc["pixel_values"],
         image_grid_thw=enc["image_grid_thw"],
+        weights=token_weights,
     )
+
+
+def span_weights(text: str, offsets: list[list[int]], weights: dict[str, float]) -> torch.Tensor:
+    """The loss weight of each token of ``text`` (``offsets``: its character span): 1, or the weight
+    of a pattern whose match (its first group, when it has one) the token overlaps; the largest
+    such weight when several do."""
+    out, hit = torch.ones(len(offsets)), [False] * len(offsets)
+    for pattern, weight in weights.items():
+        for match in re.finditer(pattern, text):
+            a, z = match.span(1 if match.re.groups else 0)
+            for j, (x, y) in enumerate(offsets):
+                if x < z and y > a:
+                    out[j] = max(float(out[j]), weight) if hit[j] else weight
+                    hit[j] = True
+    return out
 
 
 class SFTDataset(torch.utils.data.Dataset):
     """Features on demand; a sample longer than ``max_length`` yields ``None`` (counted, skipped)."""
 
-    def __init__(self, samples: Sequence[RefSample], processor, max_length: int, template: str = "train", instruction: str = "system"):
+    def __init__(self, samples: Sequence[RefSample], processor, max_length: int, template: str = "train", instruction: str = "system",
+                 weights: dict[str, float] | None = None):  # fmt: skip
         self.samples, self.processor, self.max_length = samples, processor, max_length
-        self.template, self.instruction = template, instruction
+        self.template, self.instruction, self.weights = template, instruction, weights
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Features | None:
-        features = build_features(self.samples[index], self.processor, self.template, self.instruction)
+        features = build_features(self.samples[index], self.processor, self.template, self.instruction, self.weights)
         return features if features.input_ids.numel() <= self.max_length else None
 
 

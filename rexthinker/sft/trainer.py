@@ -29,9 +29,20 @@ from rexthinker.train.learner import Learner
 from rexthinker.train.metrics import MetricLogger
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over labelled positions."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum")
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed next-token cross-entropy over labelled positions, each weighted by ``weights`` (the
+    batch's per-token loss weights, :class:`~rexthinker.sft.config.SFTLossConfig`) when given."""
+    if weights is None:
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum")
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="none")
+    return (losses * weights[:, 1:].flatten()).sum()
+
+
+def label_weight(batch: dict[str, torch.Tensor]) -> float:
+    """What a batch's loss sum is divided by: its labelled tokens, or their summed weights."""
+    if "weights" in batch:
+        return float(batch["weights"][:, 1:][batch["labels"][:, 1:] != IGNORE].sum())
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
 class SFTTrainer:
@@ -60,7 +71,7 @@ class SFTTrainer:
         samples = open_training_samples(cfg.data, self.out, "sft", main=dist.is_main())
         if cfg.data.max_samples:
             samples = Head(samples, cfg.data.max_samples)
-        self.dataset = SFTDataset(samples, self.processor, cfg.data.max_length, cfg.data.template, cfg.data.instruction)
+        self.dataset = SFTDataset(samples, self.processor, cfg.data.max_length, cfg.data.template, cfg.data.instruction, cfg.loss.weights)
         t = cfg.trainer
         self.world = dist.world_size()
         self.per_epoch = steps_per_epoch(len(self.dataset), t.per_device_batch_size, t.grad_accum, self.world)
@@ -126,15 +137,15 @@ class SFTTrainer:
                     raise RuntimeError("no sample fits data.max_length; raise it")
                 micro = [dict(fallback, labels=torch.full_like(fallback["labels"], IGNORE))]
             fallback = micro[-1]
-            n_label = dist.all_reduce_sum(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro))
+            n_label = dist.all_reduce_sum(sum(label_weight(b) for b in micro))
             loss_sum, tokens = 0.0, 0
             self.model.train()
             for k, batch in enumerate(micro):
                 self.learner.set_boundary(k == len(micro) - 1)
                 batch = {key: v.to(dist.device()) for key, v in batch.items() if key != "skipped"}
-                labels = batch.pop("labels")
+                labels, weights = batch.pop("labels"), batch.pop("weights", None)
                 logits = self.learner(**batch).logits
-                loss = token_loss_sum(logits, labels)
+                loss = token_loss_sum(logits, labels, weights)
                 self.learner.backward(loss / max(n_label, 1.0))
                 loss_sum += float(loss.detach())
                 tokens += int(batch["attention_mask"].sum())

@@ -17,6 +17,7 @@ class Features:
     mm_token_type_ids: torch.Tensor  # (T,), 1 on image tokens
     pixel_values: torch.Tensor | None  # (patches, C*T*P*P); None for a text-only chat
     image_grid_thw: torch.Tensor | None  # (1, 3)
+    weights: torch.Tensor | None = None  # (T,) float loss weight of each labelled token (None: 1 each)
 
 
 def collate(items: list[Features | None], pad_id: int) -> dict[str, torch.Tensor] | None:
@@ -45,6 +46,11 @@ def collate(items: list[Features | None], pad_id: int) -> dict[str, torch.Tensor
         "mm_token_type_ids": pad("mm_token_type_ids", 0),
         "skipped": torch.tensor(len(items) - len(kept)),
     }
+    if any(f.weights is not None for f in kept):  # 0 on padding; 1 on a labelled token of an item without weights
+        weights = torch.zeros(input_ids.shape, dtype=torch.float32)
+        for row, f in enumerate(kept):
+            weights[row, : f.input_ids.numel()] = f.weights if f.weights is not None else (f.labels != IGNORE).float()
+        batch["weights"] = weights
     images = [f for f in kept if f.pixel_values is not None]
     if images:  # a batch of text-only chats carries no pixel entries at all
         batch["pixel_values"] = torch.cat([f.pixel_values for f in images])

@@ -3,7 +3,11 @@ assistant turn, boxes are in the model frame."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoProcessor
 
 from rexthinker.coords import to_model_frame
@@ -11,6 +15,7 @@ from rexthinker.data.sources import open_samples
 from rexthinker.generation import render
 from rexthinker.prompts import pixel_limits, target_text
 from rexthinker.sft.data import END_OF_TURN, build_features, step_batches
+from rexthinker.sft.trainer import label_weight, token_loss_sum
 from rexthinker.train.features import IGNORE, collate
 
 
@@ -68,3 +73,33 @@ def test_step_batches_partition_each_step_across_ranks():
         assert len(ids) == len(set(ids)) == 8
         seen |= set(ids)
     assert len(seen) == 16
+
+
+def test_loss_weights_weigh_the_matched_spans_of_the_answer(tiny_model_path, sft_data):
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    samples = open_samples([str(sft_data / "train")])
+    sample = samples[0]
+    (_, info, _, _), = list(render([sample], processor))
+    text = target_text(sample, info)
+    attributes, marks = re.findall(r"Person \d+[^:\n]*: ([^→\n]+) →", text), re.findall(r"→ (⚠|❌|✅)", text)
+    assert attributes and marks
+    weights = {r"Person \d+[^:\n]*: ([^→\n]+) →": 5.0, r"→ (⚠|❌|✅)": 4.0}
+    plain, weighted = build_features(sample, processor), build_features(sample, processor, weights=weights)
+    assert plain.weights is None and torch.equal(plain.input_ids, weighted.input_ids)
+    labelled = weighted.labels != IGNORE
+    assert (weighted.weights[~labelled] == 0).all() and set(weighted.weights[labelled].tolist()) == {1.0, 4.0, 5.0}
+    decode = processor.tokenizer.decode
+    five = decode(weighted.input_ids[weighted.weights == 5.0])
+    assert all(attribute in five for attribute in attributes) and "Person" not in five
+    assert re.findall("⚠|❌|✅", decode(weighted.input_ids[weighted.weights == 4.0])) == marks  # a token may hold more
+
+    batch = collate([weighted, plain], processor.tokenizer.pad_token_id)  # an item without weights weighs 1 a label
+    assert torch.equal(batch["weights"][1, : plain.input_ids.numel()], plain.labels.ne(IGNORE).float())
+    labels, w = batch["labels"], batch["weights"]
+    logits = torch.randn(*labels.shape, 64, generator=torch.Generator().manual_seed(0))
+    labels = labels.clamp(max=63).masked_fill(batch["labels"] == IGNORE, IGNORE)
+    each = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="none")
+    assert torch.allclose(token_loss_sum(logits, labels, w), (each * w[:, 1:].flatten()).sum())
+    assert torch.allclose(token_loss_sum(logits, labels, labels.ne(IGNORE).float()), token_loss_sum(logits, labels))
+    assert label_weight(dict(batch, labels=labels)) == pytest.approx(float(w[:, 1:][labels[:, 1:] != IGNORE].sum()))
+    assert label_weight({"labels": labels}) == int((labels[:, 1:] != IGNORE).sum())
