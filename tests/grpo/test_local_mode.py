@@ -16,7 +16,18 @@ import pytest
 from rexthinker.config import ConfigError, save_config
 from tests.grpo.test_loop import make_cfg, ray_cluster, run  # noqa: F401 (ray_cluster: the Ray run's cluster)
 
-NO_RAY = "import sys; sys.modules.update(ray=None, vllm=None, deepspeed=None); from rexthinker.grpo.__main__ import main; sys.exit(main())"
+
+def cli_without(*modules: str) -> str:
+    """``python -c`` code that runs ``python -m rexthinker.grpo`` with ``modules`` made unimportable."""
+    blocked = ", ".join(f"{m}=None" for m in modules)
+    return f"import sys; sys.modules.update({blocked}); from rexthinker.grpo.__main__ import main; sys.exit(main())"
+
+
+def run_cli(cfg, folder: Path, *blocked: str) -> None:
+    save_config(cfg, folder / "run.yaml")
+    proc = subprocess.run([sys.executable, "-c", cli_without(*blocked), "--config", str(folder / "run.yaml")], capture_output=True,
+                          text=True, cwd=Path(__file__).parents[2], timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def local_cfg(tiny_model_path, data, out, *extra):
@@ -35,10 +46,7 @@ def local_run(tiny_model_path, grpo_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "run"
     cfg = local_cfg(tiny_model_path, grpo_data, out, "eval.enabled=true", f"data.val=[{grpo_data}]", "eval.num_samples=2",
                     "eval.max_new_tokens=16")  # fmt: skip
-    save_config(cfg, out.parent / "local.yaml")
-    proc = subprocess.run([sys.executable, "-c", NO_RAY, "--config", str(out.parent / "local.yaml")], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[2], timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_cli(cfg, out.parent, "ray", "vllm", "deepspeed")
     return out
 
 
@@ -68,7 +76,10 @@ def test_local_and_ray_give_the_same_steps(tiny_model_path, grpo_data, local_run
 
 @pytest.mark.vllm
 def test_a_local_run_syncs_the_weights_into_an_in_process_vllm_engine(tiny_model_path, grpo_data, tmp_path):
-    run(local_cfg(tiny_model_path, grpo_data, tmp_path / "run", "rollout.backend=vllm", "algorithm.filter_zero_variance=false"))
+    # In a process of its own: an engine closing in pytest's process tears down vLLM's process-wide
+    # parallel state, which the suite's shared engine (conftest.tiny_vllm) still needs.
+    run_cli(local_cfg(tiny_model_path, grpo_data, tmp_path / "run", "rollout.backend=vllm", "algorithm.filter_zero_variance=false"),
+            tmp_path, "ray", "deepspeed")  # fmt: skip
     rows = train_rows(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["actor/updates"] == 1 and "time/sync_s" in r for r in rows)
