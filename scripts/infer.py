@@ -55,26 +55,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_detector(name: str):
-    import torch
-
-    from rexthinker.detect import DetectorSpec, load_detector
-    from rexthinker.detect import tiny as tiny_detector
-
-    model = str(tiny_detector.get()) if name == "tiny" else name
-    return load_detector(DetectorSpec(model=model, device="cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def _boxes(boxes) -> str:
     return json.dumps([[round(v, 1) for v in box] for box in boxes])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from rexthinker.detect import detector_by_name
     from rexthinker.inference import Referrer, draw_result, read_boxes_file
 
     image = Image.open(args.image).convert("RGB")
-    boxes = read_boxes_file(args.boxes) if args.boxes else load_detector(args.detector)
+    boxes = read_boxes_file(args.boxes) if args.boxes else detector_by_name(args.detector)
     referrer = Referrer(
         args.model, args.backend, template=args.template, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
         max_new_tokens=args.max_new_tokens,

@@ -47,26 +47,17 @@ def resolve_model(name: str) -> str:
     return str(tiny.get(name)) if name in tiny.SPECS and not Path(name).exists() else name
 
 
-def load_detector(name: str):
-    import torch
-
-    from rexthinker.detect import DetectorSpec, load_detector
-    from rexthinker.detect import tiny as tiny_detector
-
-    model = str(tiny_detector.get()) if name == "tiny" else name
-    return load_detector(DetectorSpec(model=model, device="cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from rexthinker import web_demo
+    from rexthinker.detect import detector_by_name
     from rexthinker.inference import Referrer
 
     referrer = Referrer(
         resolve_model(args.model), args.backend, template=args.template, min_pixels=args.min_pixels,
         max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens,
     )  # fmt: skip
-    detector = load_detector(args.detector) if args.detector else None
+    detector = detector_by_name(args.detector) if args.detector else None
     folder = Path(tempfile.mkdtemp(prefix="rexthinker-web-demo-"))
     examples = web_demo.write_examples(folder, args.examples) if args.examples else []
     app = web_demo.build_app(referrer, detector=detector, detector_name=args.detector, examples=examples, host=args.host, port=args.port)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from rexthinker import web_demo
 from rexthinker.data.synthref import generate, level_config
+from rexthinker.detect import detector_by_name
 from rexthinker.inference import Referrer, draw_result
 from rexthinker.web_demo import InputError, answer, answer_record, trace_markdown
 
@@ -205,10 +206,7 @@ def test_a_stream_closed_early_ends_its_generation(tiny_model_path, examples, mo
 
 
 def test_without_pasted_boxes_the_detector_proposes_them(referrer, examples):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import web_demo as script
-
-    detector = script.load_detector("tiny")
+    detector = detector_by_name("tiny")
     path, category, referring, _ = examples[0]
     views = list(answer(referrer, path, category, referring, "", detector))
     proposed = detector.detect(Image.open(path).convert("RGB"), category)

@@ -61,6 +61,17 @@ def load_detector(spec: DetectorSpec) -> Detector:
     return GroundingDinoPy(spec.config, spec.model, spec.device, spec.batch_size, spec.text_encoder)
 
 
+def detector_by_name(name: str) -> Detector:
+    """What ``--detector NAME`` of the inference and web-demo scripts loads: ``tiny`` (the locally
+    built tiny Grounding DINO) or a hub id / folder, on CUDA when there is one."""
+    import torch
+
+    from rexthinker.detect import tiny
+
+    model = str(tiny.get()) if name == "tiny" else name
+    return load_detector(DetectorSpec(model=model, device="cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def run_detector(detector: Detector, spec: DetectorSpec, images, categories) -> list[Detections]:
     """``detector.detect_batch`` with the thresholds, NMS and top-k of ``spec``."""
     return detector.detect_batch(images, categories, spec.box_threshold, spec.text_threshold, spec.nms_iou, spec.top_k)
