@@ -70,13 +70,12 @@ class Workload:
     text_tokens: int  # the prompt's text (system prompt, hint list, question)
     response_tokens: int
     responses: int
-    recipe_budget: int  # algorithm.micro_batch_tokens of recipes/configs/grpo_refcocog.yaml
-    budgets: tuple[int, ...]  # the sweep
+    budgets: tuple[int, ...]  # the sweep of algorithm.micro_batch_tokens (the recipe's among them)
 
 
 # grpo_refcocog.yaml: pixels 12544..1003520, n 16, max_new_tokens 4096, micro_batch_tokens 32768.
-REAL = Workload((640, 480), 12544, 1003520, 300, 4096, 16, 32768, (8192, 16384, 32768, 65536))
-DRY = Workload((640, 480), 3136, 50176, 24, 40, 4, 320, (160, 320, 640))
+REAL = Workload((640, 480), 12544, 1003520, 300, 4096, 16, (8192, 16384, 32768, 65536))
+DRY = Workload((640, 480), 3136, 50176, 24, 40, 4, (160, 320, 640))
 
 
 def tiny_arch(name: str) -> dict:

@@ -32,10 +32,8 @@ from rexthinker.train.metrics import MetricLogger
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Summed next-token cross-entropy over labelled positions, each weighted by ``weights`` (the
     batch's per-token loss weights, :class:`~rexthinker.sft.config.SFTLossConfig`) when given."""
-    if weights is None:
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum")
     losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="none")
-    return (losses * weights[:, 1:].flatten()).sum()
+    return losses.sum() if weights is None else (losses * weights[:, 1:].flatten()).sum()
 
 
 def label_weight(batch: dict[str, torch.Tensor]) -> float:
