@@ -30,6 +30,10 @@ THINK_PROMPT as the system message, pixel limits 256*28*28 .. 1280*28*28, greedy
 - ``--limit N`` evaluates the first N samples only (the metric then scores those N).
 - ``OUT/run.json`` records the settings and, per invocation, the timing (samples/s, tokens/s),
   engine load times and answer statistics.
+- Box frame: hints and answers are in the box frame of the checkpoint's model family (model-input
+  pixels for Qwen2.5-VL, 0-1000 for Qwen3-VL and Qwen3.5; ``--family`` names another); a
+  checkpoint folder that records its frame (``box_frame.json``, written by the trainers and the
+  converter) is refused in any other, before anything is generated.
 
 Differences from the reference evaluation script: boxes are mapped back with the model frame the
 processor really used (checked per sample, see ``rexthinker.generation``); answers that cannot be
@@ -60,11 +64,12 @@ from rexthinker.coords import EVAL_MIN_PIXELS, TRAIN_MAX_PIXELS
 from rexthinker.data.errors import checked_image_size
 from rexthinker.data.humanref import read_humanref
 from rexthinker.data.sample import RefSample
+from rexthinker.models.families import FAMILIES, model_family
 
 PREDICTIONS_FILE = "predictions.jsonl"
 RUN_FILE = "run.json"
 # Settings that change what a prediction is: a resumed run must use the same ones.
-RESUME_KEYS = ("model", "gt", "template", "instruction", "min_pixels", "max_pixels", "max_new_tokens")
+RESUME_KEYS = ("model", "gt", "template", "instruction", "min_pixels", "max_pixels", "max_new_tokens", "family")
 # Environment the Ray actors need from the driver (a cluster started elsewhere does not inherit it).
 FORWARDED_ENV = ("VLLM_", "REXTHINKER_", "HF_", "TOKENIZERS_", "TRANSFORMERS_")
 
@@ -78,6 +83,7 @@ class RunConfig:
     out: str
     image_root: str | None = None  # default: images/ beside the annotations file
     backend: str = "vllm"
+    family: str | None = None  # the model family whose box frame prompts use; None: the checkpoint's own
     template: str = "humanref_eval"
     instruction: str = "system"
     min_pixels: int = EVAL_MIN_PIXELS
@@ -213,7 +219,7 @@ class Worker:
         self.referrer = Referrer(
             cfg.model, cfg.backend, template=cfg.template, instruction=cfg.instruction, min_pixels=cfg.min_pixels,
             max_pixels=cfg.max_pixels, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, engine=engine,
-            engine_kwargs=engine_kwargs,
+            engine_kwargs=engine_kwargs, family=cfg.family,
         )  # fmt: skip
         self.images = cfg.images
         self.load_s = time.perf_counter() - start
@@ -302,6 +308,7 @@ def run(cfg: RunConfig, engine=None) -> dict:
     """Generate the missing predictions, score them, write the reports; return the run record
     (also in ``run.json``), with the metric results under ``"results"``. ``engine`` (an already
     built ``vllm.LLM`` or transformers model) runs in this process instead of loading one."""
+    model_family(cfg.model, cfg.family)  # a recorded box frame that disagrees stops the run here
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     record = _read_record(out / RUN_FILE, cfg)
@@ -460,6 +467,8 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     p.add_argument("--out", required=True, help="output folder (predictions.jsonl, reports, run.json)")
     p.add_argument("--image-root", default=None, help="image folder (default: images/ beside --gt)")
     p.add_argument("--backend", choices=("vllm", "hf"), default=d.backend)
+    p.add_argument("--family", choices=sorted(FAMILIES), default=None,
+                   help="model family whose box frame the prompts use (default: the checkpoint's own)")  # fmt: skip
     p.add_argument("--template", choices=("humanref_eval", "train"), default=d.template, help="user text variant")
     p.add_argument("--instruction", choices=("system", "user_suffix", "none"), default=d.instruction,
                    help="where THINK_PROMPT goes (the released model: system)")  # fmt: skip

@@ -3,14 +3,16 @@
 Both backends get the same prompt text and the same decoded image, so their outputs are comparable
 and a checkpoint's numbers do not depend on the backend beyond sampling noise. Both also check, per
 sample, that the model really saw the image in the frame the hints were written in (contracts §1.6):
-transformers through ``image_grid_thw`` (``W' = grid_w * 14``), vLLM through the number of image
-tokens it expanded; vLLM is told the processor's pixel limits with every request, so an engine built
-with other limits still resizes like the prompt builder.
+transformers through ``image_grid_thw`` (``W' = grid_w * patch size``), vLLM through the number of
+image tokens it expanded; vLLM is told the processor's pixel limits with every request, so an engine
+built with other limits still resizes like the prompt builder.
 
 It is the one generation layer: every path that prompts a model (GRPO rollouts and evaluation, SFT
 features and evaluation, inference, the demo) renders its requests with :func:`render_request`,
 builds its vLLM engine from :func:`engine_settings` and sends :func:`resize_kwargs` with each
-request, so the prompts are identical by construction.
+request, so the prompts are identical by construction. The model family (``family``, Qwen2.5-VL by
+default; :func:`rexthinker.models.families.model_family` decides it for a checkpoint) sets the box
+frame of the hints and the patch size the checks count with.
 """
 
 from __future__ import annotations
@@ -23,12 +25,10 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
-from rexthinker.coords import PATCH_FACTOR
 from rexthinker.data.sample import RefSample
+from rexthinker.models.families import QWEN2_5_VL, Family
 from rexthinker.prompts import PromptInfo, build_messages, pixel_limits
 from rexthinker.train.dist import resolve_dtype
-
-PATCH = 14  # vision patch size: image_grid_thw counts patches of this many pixels
 
 
 @dataclass
@@ -45,9 +45,11 @@ class FrameMismatch(RuntimeError):
 
 
 def check_grid(info: PromptInfo, grid_thw) -> None:
-    """``info.model_size`` must equal ``(grid_w * 14, grid_h * 14)`` of the processor's ``image_grid_thw`` row."""
+    """``info.model_size`` must equal ``(grid_w * p, grid_h * p)`` of the processor's ``image_grid_thw``
+    row, ``p`` the family's patch size (``image_grid_thw`` counts patches)."""
     _, grid_h, grid_w = (int(v) for v in grid_thw)
-    seen = (grid_w * PATCH, grid_h * PATCH)
+    patch = info.family.patch_size
+    seen = (grid_w * patch, grid_h * patch)
     if seen != tuple(info.model_size):
         raise FrameMismatch(f"prompt written for a {info.model_size} model frame, but the processor made {seen}")
 
@@ -55,7 +57,7 @@ def check_grid(info: PromptInfo, grid_thw) -> None:
 def check_image_tokens(info: PromptInfo, count: int) -> None:
     """``count`` image tokens (after the 2x2 merge) must cover exactly ``info.model_size``."""
     width, height = info.model_size
-    expected = (width // PATCH_FACTOR) * (height // PATCH_FACTOR)
+    expected = (width // info.family.factor) * (height // info.family.factor)
     if count != expected:
         raise FrameMismatch(
             f"prompt written for a {info.model_size} model frame ({expected} image tokens), but the engine expanded "
@@ -73,16 +75,19 @@ class Rendered(NamedTuple):
 
 
 def render_request(sample: RefSample, processor, template: str = "train", instruction: str = "system",
-                   shuffle_seed: int | None = None) -> Rendered:  # fmt: skip
-    """``sample`` through the shared prompt builder at the processor's pixel limits, and the chat template."""
+                   shuffle_seed: int | None = None, family: Family = QWEN2_5_VL) -> Rendered:  # fmt: skip
+    """``sample`` through the shared prompt builder at the processor's pixel limits, in ``family``'s
+    box frame, and the chat template."""
     lo, hi = pixel_limits(processor)
-    messages, info = build_messages(sample, lo, hi, template=template, instruction=instruction, shuffle_seed=shuffle_seed)
+    messages, info = build_messages(sample, lo, hi, template=template, instruction=instruction, shuffle_seed=shuffle_seed,
+                                    family=family)  # fmt: skip
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return Rendered(sample, info, prompt, messages[-1]["content"][0]["image"])
 
 
-def render(samples: Sequence[RefSample], processor, template: str = "train", instruction: str = "system") -> list[Rendered]:
-    return [render_request(sample, processor, template, instruction) for sample in samples]
+def render(samples: Sequence[RefSample], processor, template: str = "train", instruction: str = "system",
+           family: Family = QWEN2_5_VL) -> list[Rendered]:  # fmt: skip
+    return [render_request(sample, processor, template, instruction, family=family) for sample in samples]
 
 
 def resize_kwargs(min_pixels: int, max_pixels: int) -> dict:
@@ -132,7 +137,7 @@ def new_engine(model: str, **settings):
 def hf_generate(
     model, processor, samples: Sequence[RefSample], *, max_new_tokens: int = 1024, batch_size: int = 8,
     template: str = "train", instruction: str = "system", do_sample: bool = False, temperature: float = 1.0,
-    top_p: float = 1.0, progress: bool = False, streamer=None,
+    top_p: float = 1.0, progress: bool = False, streamer=None, family: Family = QWEN2_5_VL,
 ) -> list[Generation]:  # fmt: skip
     """Batched, left-padded ``model.generate``; greedy unless ``do_sample``. ``streamer`` (a transformers
     streamer, one sample only) sees the tokens as they are generated."""
@@ -140,7 +145,7 @@ def hf_generate(
         raise ValueError(f"a streamer follows one sample, got {len(samples)}")
     tokenizer = processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    rendered = render(samples, processor, template, instruction)
+    rendered = render(samples, processor, template, instruction, family)
     out: list[Generation] = []
     device = next(model.parameters()).device
     batches = range(0, len(rendered), batch_size)
@@ -171,12 +176,12 @@ def hf_generate(
 
 def vllm_generate(
     llm, processor, samples: Sequence[RefSample], sampling_params, *, template: str = "train",
-    instruction: str = "system", progress: bool = False,
+    instruction: str = "system", progress: bool = False, family: Family = QWEN2_5_VL,
 ) -> list[Generation]:  # fmt: skip
     """One ``llm.generate`` call over all samples (vLLM batches internally). The prompt is text
     with a single ``<|image_pad|>`` per image; vLLM expands it itself, resizing with the pixel limits
     of ``processor`` (passed with each request)."""
-    rendered = render(samples, processor, template, instruction)
+    rendered = render(samples, processor, template, instruction, family)
     resize = resize_kwargs(*pixel_limits(processor))
     requests = [{"prompt": r.prompt, "multi_modal_data": {"image": r.image}, "mm_processor_kwargs": resize} for r in rendered]
     results = llm.generate(requests, sampling_params, use_tqdm=progress)

@@ -325,6 +325,7 @@ def logprob_parity(model_path: Path, device: str, new_tokens: int) -> dict:
     from rexthinker.grpo.config import AlgorithmConfig
     from rexthinker.grpo.experience import TokenSequence, encode_prompt
     from rexthinker.grpo.update import response_logprobs
+    from rexthinker.models.families import model_family
     from rexthinker.models.load import load_policy
     from rexthinker.rollout.base import forbidden_token_ids
     from rexthinker.train.learner import resolve_precision
@@ -332,10 +333,11 @@ def logprob_parity(model_path: Path, device: str, new_tokens: int) -> dict:
     dtype = resolve_precision("auto")
     model, processor = load_policy(str(model_path))
     model.to(device=device, dtype=dtype).eval()
+    family = model_family(model_path)
     tok = processor.tokenizer
     seqs, rollout = [], []
     for sample in synthref.generate(2, seed=0, split="test"):
-        request = render_request(sample, processor)
+        request = render_request(sample, processor, family=family)
         prompt = encode_prompt(processor, request.prompt, request.image)
         inputs = processor(text=[request.prompt], images=[request.image], return_tensors="pt").to(device)
         with torch.no_grad():

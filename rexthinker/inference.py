@@ -11,10 +11,12 @@
 
 ``boxes`` are the candidates (box hints) in original pixels, or a detector
 (:mod:`rexthinker.detect`) that proposes them. The prompt is built by :mod:`rexthinker.prompts`:
-hints go into the model-input frame with truncation, answers come back with
-:func:`rexthinker.coords.to_original_frame`, and :mod:`rexthinker.generation` checks that the model
-saw the image in that frame. :meth:`Referrer.generate` does the same for many samples at once; the
-HumanRef runner (``evaluation/run_humanref.py``) uses it and :func:`prediction_row`.
+hints go into the box frame of the checkpoint's family (:func:`rexthinker.models.families.model_family`:
+model-input pixels for Qwen2.5-VL, 0-1000 for Qwen3-VL) with truncation, answers come back with that
+frame's :meth:`~rexthinker.coords.BoxFrame.decode`, and :mod:`rexthinker.generation` checks that the
+model saw the image in the model-input frame. :meth:`Referrer.generate` does the same for many
+samples at once; the HumanRef runner (``evaluation/run_humanref.py``) uses it and
+:func:`prediction_row`.
 
 Defaults are the reference demo's: the training user text, THINK_PROMPT as the system message,
 pixel limits 16*28*28 .. 1280*28*28, greedy decoding.
@@ -35,6 +37,7 @@ from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS, to_original_fr
 from rexthinker.data.sample import RefSample, encode_png
 from rexthinker.detect.base import Detector
 from rexthinker.generation import Generation, hf_generate, new_engine, vllm_generate
+from rexthinker.models.families import model_family
 from rexthinker.prompts import PromptInfo
 from rexthinker.train import dist
 from rexthinker.viz import ANSWER_COLOR, HINT_COLOR, MARK_COLORS, TEXT_COLOR, draw_mark, draw_marked_text, font, wrap_marked_text
@@ -48,7 +51,7 @@ Box = list[float]
 class Result:
     """One answer, read back.
 
-    ``answer_boxes_model`` are the boxes as the model wrote them (model-input frame), empty for a
+    ``answer_boxes_model`` are the boxes as the model wrote them (its box frame), empty for a
     rejection or an unreadable answer (``completion.problems`` says which);
     ``answer_boxes_original`` the same boxes in original pixels. ``answer_candidates[i]`` is the
     1-based hint ("Person k") that answer box ``i`` copies verbatim, or None. ``trace`` is the parsed
@@ -98,7 +101,7 @@ def interpret(generation: Generation) -> Result:
         referring=sample.referring,
         think=completion.think,
         answer_boxes_model=[list(b) for b in boxes],
-        answer_boxes_original=[to_original_frame(b, info.model_size, info.image_size) for b in boxes],
+        answer_boxes_original=[info.frame.decode(b, info.image_size) for b in boxes],
         answer_candidates=[rank.get(tuple(b)) for b in boxes],
         candidates_original=candidates,
         trace=parse_trace(completion.think) if completion.think is not None else None,
@@ -138,17 +141,20 @@ class Referrer:
     ``backend``: ``"vllm"`` (an ``LLM`` engine) or ``"hf"`` (``model.generate``). ``engine`` reuses an
     already built ``vllm.LLM`` or transformers model instead of loading one; a vLLM engine built with
     other pixel limits is fine (the limits travel with each request). ``engine_kwargs`` go to
-    ``vllm.LLM`` (``max_model_len``, ``gpu_memory_utilization``, ...).
+    ``vllm.LLM`` (``max_model_len``, ``gpu_memory_utilization``, ...). ``family`` names the model family
+    whose box frame the prompts use; by default the checkpoint's own, and a frame the checkpoint's
+    folder records must agree (:func:`~rexthinker.models.families.model_family`).
     """
 
     def __init__(
         self, model: str | os.PathLike, backend: str = "vllm", *, template: str = "train", instruction: str = "system",
         min_pixels: int = TRAIN_MIN_PIXELS, max_pixels: int = TRAIN_MAX_PIXELS, max_new_tokens: int = 2048,
-        batch_size: int = 8, engine=None, engine_kwargs: dict | None = None, seed: int = 0,
+        batch_size: int = 8, engine=None, engine_kwargs: dict | None = None, seed: int = 0, family: str | None = None,
     ):  # fmt: skip
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model_path = str(model)
+        self.family = model_family(model, family)
         self.backend = backend
         self.template = template
         self.instruction = instruction
@@ -168,7 +174,7 @@ class Referrer:
 
     def generate(self, samples: Sequence[RefSample], progress: bool = False) -> list[Generation]:
         """Greedy completions for ``samples`` (HumanRef-style: candidate boxes are the hints)."""
-        kwargs = dict(template=self.template, instruction=self.instruction, progress=progress)
+        kwargs = dict(template=self.template, instruction=self.instruction, progress=progress, family=self.family)
         if self.backend == "hf":
             return hf_generate(
                 self.engine, self.processor, samples, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
@@ -204,7 +210,7 @@ class Referrer:
             try:
                 done["generation"] = hf_generate(
                     self.engine, self.processor, [sample], max_new_tokens=self.max_new_tokens, template=self.template,
-                    instruction=self.instruction, streamer=streamer,
+                    instruction=self.instruction, streamer=streamer, family=self.family,
                 )[0]  # fmt: skip
             except BaseException as err:  # re-raised below, in the caller's thread
                 done["error"] = err

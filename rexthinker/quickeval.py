@@ -45,7 +45,7 @@ def score(generations: Sequence[Generation], reward: str | RewardFn = DEFAULT_RE
         hint_boxes=[g.info.hint_boxes for g in generations],
         category=[g.sample.category for g in generations],
         domain=[g.sample.domain for g in generations],
-        image_size=[g.info.model_size for g in generations],
+        image_size=[g.info.frame.size for g in generations],
         prompt=[g.prompt for g in generations],
     )
     positives = [i for i, g in enumerate(generations) if g.info.answer_boxes]

@@ -73,11 +73,11 @@ logger = logging.getLogger(__name__)
 BATCH_KEYS = ("solution_boxes", "hint_boxes", "category", "domain", "image_size", "prompt")
 """The per-sample lists the GRPO trainer passes, besides the completions:
 
-``solution_boxes``  ground-truth ``[x0, y0, x1, y1]`` boxes, model-input frame (``[]``: rejection)
+``solution_boxes``  ground-truth ``[x0, y0, x1, y1]`` boxes in the prompt's box frame (``[]``: rejection)
 ``hint_boxes``      the candidate boxes shown in the prompt, in hint order ("Person k" is k-1)
 ``category``        the hint's category word ("person", "helmet")
 ``domain``          the sample's domain (HumanRef domains, or the data set's own)
-``image_size``      ``(width, height)`` of the model-input frame
+``image_size``      ``(width, height)`` of the box frame: the model-input frame (Qwen2.5-VL), (1000, 1000) (Qwen3-VL)
 ``prompt``          the user text of the prompt (with the hint)
 """
 

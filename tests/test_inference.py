@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rexthinker.boxes import box_iou
 from rexthinker.contracts.answer import answer_json
 from rexthinker.coords import model_frame_size
 from rexthinker.data.sample import RefSample, encode_png
 from rexthinker.data.synthref import generate
 from rexthinker.generation import FrameMismatch, Generation, check_grid, check_image_tokens
 from rexthinker.inference import DISPLAY_SIDE, Referrer, draw_result, interpret, read_boxes_file
+from rexthinker.models.families import QWEN3_VL
 from rexthinker.prompts import prompt_boxes
 from rexthinker.viz import ANSWER_COLOR, HINT_COLOR, MARK_COLORS
 
@@ -89,6 +91,21 @@ def test_frame_checks_catch_a_resize_mismatch(sample):
         check_grid(info, (1, mh // 14 + 2, mw // 14))
     with pytest.raises(FrameMismatch):
         check_image_tokens(info, (mw // 28) * (mh // 28) - 1)
+
+
+def test_qwen3_vl_answers_decode_from_0_1000_and_its_frame_is_checked_at_factor_32(sample):
+    info = prompt_boxes(sample, *QWEN3_VL.train_pixels, family=QWEN3_VL)
+    text = f"<think>x</think><answer>{answer_json([info.hint_boxes[1]], sample.referring)}</answer>"
+    result = interpret(Generation(sample, info, "p", text, 3))
+    (width, height), box = sample.image_size, info.hint_boxes[1]
+    assert result.answer_candidates == [2] and max(box) <= 1000
+    assert result.answer_boxes_original == [[v / 1000 * (width if i % 2 == 0 else height) for i, v in enumerate(box)]]
+    assert box_iou(result.answer_boxes_original[0], sample.candidate_boxes[1]) > 0.98
+    mw, mh = info.model_size
+    check_grid(info, (1, mh // 16, mw // 16))
+    check_image_tokens(info, (mw // 32) * (mh // 32))
+    with pytest.raises(FrameMismatch):
+        check_grid(info, (1, mh // 14, mw // 14))
 
 
 @pytest.mark.parametrize("size", [(64, 40), (4000, 2600)])

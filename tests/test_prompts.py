@@ -8,9 +8,12 @@ import pytest
 from PIL import Image
 
 from rexthinker import prompts
+from rexthinker.boxes import box_iou
 from rexthinker.contracts import answer, hint
-from rexthinker.coords import model_frame_size, to_model_frame
+from rexthinker.contracts.completion import parse_completion
+from rexthinker.coords import MODEL_PIXELS, RELATIVE_1000, BoxFrame, model_frame_size, to_model_frame
 from rexthinker.data.sample import RefSample
+from rexthinker.models.families import QWEN2_5_VL, QWEN3_VL
 
 
 def _sample(**kw) -> RefSample:
@@ -106,6 +109,41 @@ def test_target_text_layout():
     assert prompts.target_text(sample, info) == (
         "<think>- Person 1: red → ✅</think><answer>" + answer.answer_json(info.answer_boxes, "the man in red") + "</answer>"
     )
+
+
+def test_qwen2_5_vl_is_the_default_family_and_writes_model_pixels():
+    sample = _sample()
+    default, info = prompts.build_messages(sample, 3136, 50176)
+    assert prompts.build_messages(sample, 3136, 50176, family=QWEN2_5_VL) == (default, info)
+    assert info.family == QWEN2_5_VL and info.frame == BoxFrame(MODEL_PIXELS, info.model_size)
+
+
+def test_qwen3_vl_prompt_states_0_1000_hints_and_its_target_decodes_to_the_original_boxes():
+    sample = _sample()
+    lo, hi = QWEN3_VL.train_pixels
+    messages, info = prompts.build_messages(sample, lo, hi, family=QWEN3_VL)
+    assert info.frame == BoxFrame(RELATIVE_1000, (1000, 1000))
+    assert info.model_size == model_frame_size(640, 480, lo, hi, factor=32) != info.frame.size  # what the vision tower sees
+    # int(x / 640 * 1000), int(y / 480 * 1000): 10 -> 15, 20 -> 41, 639 -> 998, 479 -> 997
+    assert info.hint_boxes == [[15, 41, 171, 458], [468, 83, 625, 979], [781, 10, 998, 997]]
+    assert messages[-1]["content"][1]["text"] == hint.user_text("the man in red", "person", info.hint_boxes)
+    assert info.answer_boxes == [info.hint_boxes[0], info.hint_boxes[2]]
+    written = parse_completion(prompts.target_text(sample, info)).answer.boxes
+    decoded = [info.frame.decode(box, info.image_size) for box in written]
+    for got, want in zip(decoded, sorted(sample.answer_boxes)):
+        # encoding truncates to whole thousandths: back within one of them (0.64 x 0.48 px), below the original
+        assert all(0 <= w - g < (640 if i % 2 == 0 else 480) / 1000 for i, (g, w) in enumerate(zip(got, want)))
+        assert box_iou(got, want) > 0.98  # 0.988 for the 100 x 200 px box, 0.995 for the 139 x 474 px one
+
+
+def test_qwen3_vl_refuses_a_trace_that_states_model_frame_boxes():
+    sample = _sample(think="- Person 1 [1, 2, 30, 40]: red → ✅")
+    _, info = prompts.build_messages(sample, 3136, 50176)
+    assert "[1, 2, 30, 40]" in prompts.target_text(sample, info)  # Qwen2.5-VL: the trace's own frame
+    _, info = prompts.build_messages(sample, *QWEN3_VL.train_pixels, family=QWEN3_VL)
+    with pytest.raises(ValueError, match="trace states boxes"):
+        prompts.target_text(sample, info)
+    assert prompts.target_text(_sample(), info).startswith("<think>- Person 1: red")  # a trace without boxes is fine
 
 
 def test_pixel_limits_reads_the_processor(tiny_model_path):

@@ -6,8 +6,10 @@ import math
 
 from rexthinker import quickeval
 from rexthinker.contracts.answer import answer_json
+from rexthinker.coords import MODEL_PIXELS, BoxFrame
 from rexthinker.data.sample import RefSample
 from rexthinker.generation import Generation
+from rexthinker.models.families import QWEN2_5_VL
 from rexthinker.prompts import PromptInfo
 
 HINTS = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]]
@@ -16,7 +18,7 @@ HINTS = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]]
 def generation(domain: str, answer: list[list[int]], predicted: list[list[int]] | None) -> Generation:
     sample = RefSample(id=f"{domain}-{len(answer)}", image_name="", referring="x", candidate_boxes=HINTS,
                        answer_boxes=answer, category="person", domain=domain, image_size=(64, 64))  # fmt: skip
-    info = PromptInfo((64, 64), (64, 64), HINTS, answer, [0, 1, 2])
+    info = PromptInfo((64, 64), (64, 64), HINTS, answer, [0, 1, 2], QWEN2_5_VL, BoxFrame(MODEL_PIXELS, (64, 64)))
     text = "no tags" if predicted is None else f"<think>t</think><answer>{answer_json(predicted, 'x')}</answer>"
     return Generation(sample, info, "prompt", text, 5)
 

@@ -17,6 +17,7 @@ from rexthinker.convert.keys import ConversionError, Skeleton
 from rexthinker.convert.layouts import READERS, resolve
 from rexthinker.convert.verify import check_files, check_vllm, compare_tensors, logits, probe_inputs, tolerance
 from rexthinker.models import lora
+from rexthinker.models.families import model_family, record_frame
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -106,6 +107,7 @@ def convert(
     src = resolve(Path(source), layout, Path(hf_files) if hf_files else None)
     src.trust_pickle = trust_pickle
     config, processor, generation, notes = load_hf_files(src.hf_files)
+    family = model_family(src.hf_files)  # a box frame the source records must be its family's
     skeleton = Skeleton(config)
     tensors, names = READERS[src.layout](src, skeleton.shapes)
     state = skeleton.complete(tensors, where=str(src.path), sources=names)
@@ -121,6 +123,7 @@ def convert(
     try:
         written = Written(config, generation, processor, skeleton, source_dtype, out_dtype)
         diff, tol, tol_note, probe = write_and_verify(written, state, tmp, max_shard_size)
+        record_frame(tmp, family)
         stored = {id(state[n]): state[n] for n in skeleton.stored_names}
         report = ConversionReport(
             source=str(src.path), layout=src.layout, out=str(out), tensors=len(skeleton.stored_names),

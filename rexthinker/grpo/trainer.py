@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 from rexthinker.config import save_config, to_dict
-from rexthinker.coords import PATCH_FACTOR
 from rexthinker.data.sources import Head, open_samples, open_training_samples
 from rexthinker.generation import render_request
 from rexthinker.grpo import actors
 from rexthinker.grpo import algorithm as A
 from rexthinker.grpo.config import GRPOConfig
+from rexthinker.models.families import model_family
 from rexthinker.models.load import check_model_path, set_pixel_limits
 from rexthinker.prompts import pixel_limits
 from rexthinker.rollout.base import Request
@@ -162,11 +162,11 @@ class Rollouts:
     def learner_inputs(self) -> tuple[list, list, list[float]]:
         """``(prompt, image)`` per prompt, ``(prompt index, token ids)`` per completion, and each
         completion's cost for splitting over learner ranks: its tokens plus an estimate of its
-        prompt's (one image token per PATCH_FACTOR x PATCH_FACTOR pixels of the model frame, ~4
+        prompt's (one image token per factor x factor pixels of the model frame, the family's, ~4
         characters a token)."""
         prompts = [(r.prompt, r.image) for r in self.requests]
         responses = [(g, c.token_ids) for g, c in zip(self.group_ids, self.completions)]
-        prompt_tokens = [info.model_size[0] * info.model_size[1] / PATCH_FACTOR**2 + len(r.prompt) / 4
+        prompt_tokens = [info.model_size[0] * info.model_size[1] / info.family.factor**2 + len(r.prompt) / 4
                          for r, info in zip(self.requests, self.infos)]  # fmt: skip
         return prompts, responses, [prompt_tokens[g] + len(ids) for g, ids in responses]
 
@@ -221,6 +221,7 @@ class GRPOTrainer:
         self.processor = AutoProcessor.from_pretrained(cfg.model.path)
         set_pixel_limits(self.processor, cfg.model.min_pixels, cfg.model.max_pixels)
         self.min_pixels, self.max_pixels = pixel_limits(self.processor)
+        self.family = model_family(cfg.model.path)  # the box frame of every prompt and reward
         self.samples = open_training_samples(cfg.data, self.out, "grpo", min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         if cfg.data.max_samples:
             self.samples = [self.samples[i] for i in range(min(cfg.data.max_samples, len(self.samples)))]
@@ -391,7 +392,8 @@ class GRPOTrainer:
         requests, infos = [], []
         for i, sample in enumerate(samples, first):
             shuffle = _seed(self.cfg.trainer.seed, step, i, 7) if self.cfg.data.shuffle_hints else None
-            r = render_request(sample, self.processor, self.cfg.data.template, self.cfg.data.instruction, shuffle_seed=shuffle)
+            r = render_request(sample, self.processor, self.cfg.data.template, self.cfg.data.instruction, shuffle_seed=shuffle,
+                               family=self.family)  # fmt: skip
             requests.append(Request(r.prompt, r.image, _seed(seed_base, step, i)))
             infos.append(r.info)
         return requests, infos
@@ -493,7 +495,7 @@ class GRPOTrainer:
                 hint_boxes=[infos[g].hint_boxes for g in group_ids],
                 category=[samples[g].category for g in group_ids],
                 domain=[samples[g].domain for g in group_ids],
-                image_size=[infos[g].model_size for g in group_ids],
+                image_size=[infos[g].frame.size for g in group_ids],
                 prompt=[requests[g].prompt for g in group_ids],
             )
         rewards = torch.tensor(scores["overall"], dtype=torch.float64)

@@ -3,7 +3,12 @@
 Code that depends on the family (the prompt builder's box frame, the processor's pixel limits, the
 learner's freeze settings, the tiny builds) asks the :class:`Family` of its checkpoint instead of
 branching on a model name. A checkpoint folder's family is found from its ``config.json``
-``model_type`` (:func:`family_of`); an unknown type fails loudly.
+``model_type`` (:func:`family_of`); an unknown type fails loudly. :func:`model_family` is the one
+place that decides which family (hence which box frame) a model is prompted in: every path that
+prompts a checkpoint (training, evaluation, inference) asks it. Checkpoints this project writes
+record their frame in ``FRAME_FILE`` (:func:`record_frame`), and :func:`model_family` refuses a
+frame that disagrees with the recorded one, so a model is never scored in a frame it was not
+trained in.
 
 The values are taken from the installed transformers sources (``models/<family>/configuration_*.py``
 and the ``Qwen2VLImageProcessor`` every family uses: resize factor = ``patch_size * merge_size``) and
@@ -113,6 +118,13 @@ def family_for_model_type(model_type: str) -> Family:
     raise KeyError(f"no model family for model_type {model_type!r}; supported: {known}")
 
 
+FRAME_FILE = "box_frame.json"  # in a checkpoint folder: {"family": name, "frame": kind}
+
+
+class FrameMismatchError(ValueError):
+    """A checkpoint folder records another box frame than the one it is asked to be used in."""
+
+
 def family_of(checkpoint: str | Path) -> Family:
     """The family of the Hugging Face checkpoint folder ``checkpoint``, from its ``config.json``."""
     config = Path(checkpoint) / "config.json"
@@ -122,3 +134,31 @@ def family_of(checkpoint: str | Path) -> Family:
     if not model_type:
         raise KeyError(f"{config} has no model_type")
     return family_for_model_type(model_type)
+
+
+def record_frame(folder: str | Path, family: Family) -> None:
+    """Write ``folder/FRAME_FILE``: the box frame the checkpoint there reads hints and writes answers in."""
+    record = {"family": family.name, "frame": family.frame}
+    (Path(folder) / FRAME_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def model_family(model: str | Path, name: str | None = None) -> Family:
+    """The family ``model`` (a checkpoint folder or a hub id) is prompted in: the family called ``name``,
+    or the checkpoint's own (its config's ``model_type``). A folder that records its frame
+    (:func:`record_frame`) must record this family's: another raises :class:`FrameMismatchError`."""
+    if Path(model).is_dir():
+        own = family_of(model)
+    else:
+        from transformers import AutoConfig
+
+        own = family_for_model_type(AutoConfig.from_pretrained(str(model)).model_type)
+    family = get_family(name) if name else own
+    record = Path(model) / FRAME_FILE
+    if record.is_file():
+        recorded = json.loads(record.read_text(encoding="utf-8")).get("frame")
+        if recorded != family.frame:
+            raise FrameMismatchError(
+                f"{model} records box frame {recorded!r} ({FRAME_FILE}), but it is asked to use {family.frame!r} "
+                f"(family {family.name}): its hints and answers would be read in the wrong coordinates"
+            )
+    return family

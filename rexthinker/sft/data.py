@@ -16,6 +16,7 @@ import torch
 
 from rexthinker.data.sample import RefSample
 from rexthinker.generation import render_request
+from rexthinker.models.families import QWEN2_5_VL, Family
 from rexthinker.prompts import target_text
 from rexthinker.train.features import IGNORE, Features, collate
 
@@ -23,9 +24,10 @@ END_OF_TURN = "<|im_end|>\n"
 
 
 def build_features(sample: RefSample, processor, template: str = "train", instruction: str = "system",
-                   weights: dict[str, float] | None = None) -> Features:  # fmt: skip
-    """``weights``: the loss weights of :class:`~rexthinker.sft.config.SFTLossConfig` (None or {}: 1 each)."""
-    request = render_request(sample, processor, template, instruction)
+                   weights: dict[str, float] | None = None, family: Family = QWEN2_5_VL) -> Features:  # fmt: skip
+    """``weights``: the loss weights of :class:`~rexthinker.sft.config.SFTLossConfig` (None or {}: 1 each);
+    ``family``: the model family whose box frame the hints and the answer are written in."""
+    request = render_request(sample, processor, template, instruction, family=family)
     enc = processor(text=[request.prompt], images=[request.image], return_tensors="pt")
     target = target_text(sample, request.info) + END_OF_TURN
     tokens = processor.tokenizer(target, add_special_tokens=False, return_tensors="pt", return_offsets_mapping=bool(weights))
@@ -62,15 +64,15 @@ class SFTDataset(torch.utils.data.Dataset):
     """Features on demand; a sample longer than ``max_length`` yields ``None`` (counted, skipped)."""
 
     def __init__(self, samples: Sequence[RefSample], processor, max_length: int, template: str = "train", instruction: str = "system",
-                 weights: dict[str, float] | None = None):  # fmt: skip
+                 weights: dict[str, float] | None = None, family: Family = QWEN2_5_VL):  # fmt: skip
         self.samples, self.processor, self.max_length = samples, processor, max_length
-        self.template, self.instruction, self.weights = template, instruction, weights
+        self.template, self.instruction, self.weights, self.family = template, instruction, weights, family
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Features | None:
-        features = build_features(self.samples[index], self.processor, self.template, self.instruction, self.weights)
+        features = build_features(self.samples[index], self.processor, self.template, self.instruction, self.weights, self.family)
         return features if features.input_ids.numel() <= self.max_length else None
 
 

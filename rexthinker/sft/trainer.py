@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from rexthinker.config import save_config, to_dict
 from rexthinker.data.sources import Head, open_samples, open_training_samples
 from rexthinker.models import lora
+from rexthinker.models.families import model_family
 from rexthinker.models.load import load_policy
 from rexthinker.sft.config import SFTConfig
 from rexthinker.sft.data import SFTDataset, step_batches, step_loader, steps_per_epoch
@@ -65,11 +66,13 @@ class SFTTrainer:
 
     def _setup(self, cfg: SFTConfig) -> None:
         model, self.processor = load_policy(cfg.model.path, cfg.model)
+        self.family = model_family(cfg.model.path)  # the box frame of every prompt and target
         self.model = lora.attach(model, cfg.model.lora)
         samples = open_training_samples(cfg.data, self.out, "sft", main=dist.is_main())
         if cfg.data.max_samples:
             samples = Head(samples, cfg.data.max_samples)
-        self.dataset = SFTDataset(samples, self.processor, cfg.data.max_length, cfg.data.template, cfg.data.instruction, cfg.loss.weights)
+        self.dataset = SFTDataset(samples, self.processor, cfg.data.max_length, cfg.data.template, cfg.data.instruction, cfg.loss.weights,
+                                  self.family)  # fmt: skip
         t = cfg.trainer
         self.world = dist.world_size()
         self.per_epoch = steps_per_epoch(len(self.dataset), t.per_device_batch_size, t.grad_accum, self.world)
@@ -208,7 +211,7 @@ class SFTTrainer:
         from rexthinker.generation import hf_generate, new_engine, vllm_generate
 
         samples = Head(open_samples(self.cfg.data.val, on_error=self.cfg.data.on_error), e.num_samples)
-        kwargs = dict(template=self.cfg.data.template, instruction=self.cfg.data.instruction, progress=True)
+        kwargs = dict(template=self.cfg.data.template, instruction=self.cfg.data.instruction, progress=True, family=self.family)
         start = time.perf_counter()
         if e.backend == "hf":
             model = self.learner.module.eval()

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 
 from rexthinker.models import lora
+from rexthinker.models.families import family_for_model_type, record_frame
 from rexthinker.train import checkpoint, dist
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "deepspeed"
@@ -215,12 +216,15 @@ class Learner:
 
     def export_hf(self, folder: Path, processor=None) -> None:
         """A Hugging Face folder (safetensors, config, generation config, processor) that
-        ``from_pretrained`` and vLLM load directly, adapters merged. Every rank calls it; rank 0 writes."""
+        ``from_pretrained`` and vLLM load directly, adapters merged, with the family's box frame
+        recorded (:func:`~rexthinker.models.families.record_frame`). Every rank calls it; rank 0 writes."""
         state = self.export_state_dict()
         if dist.is_main():
             folder = Path(folder)
             folder.mkdir(parents=True, exist_ok=True)
-            lora.base_model(self.model).save_pretrained(folder, state_dict=state)
+            model = lora.base_model(self.model)
+            model.save_pretrained(folder, state_dict=state)
+            record_frame(folder, family_for_model_type(model.config.model_type))
             if processor is not None:
                 processor.save_pretrained(folder)
         dist.barrier()

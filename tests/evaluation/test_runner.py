@@ -1,23 +1,32 @@
 """The HumanRef runner: prediction rows, resume, a repaired truncated file, the metric at the end,
-Ray data parallelism. The tiny model's answers are noise, so structure is checked on it; an oracle
-that copies the right hint boxes checks the coordinates and the scores end to end."""
+Ray data parallelism, the box frame of each model family. The tiny model's answers are noise, so
+structure is checked on it; an oracle that copies the right hint boxes checks the coordinates and the
+scores end to end."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from evaluation.run_humanref import PredictionLog, RunConfig, main, run
 from rexthinker.contracts.answer import answer_json
 from rexthinker.contracts.completion import parse_completion
+from rexthinker.contracts.hint import hint_json
 from rexthinker.coords import model_frame_size, to_original_frame
 from rexthinker.data.humanref import read_humanref, write_humanref
 from rexthinker.data.synthref import generate
 from rexthinker.generation import Generation, render
 from rexthinker.inference import Referrer
+from rexthinker.models import families, tiny
+from rexthinker.prompts import prompt_boxes
 
+ROOT = Path(__file__).resolve().parents[2]
 ROW_KEYS = {"id", "extracted_predictions", "raw_response", "prompt"}
 # seed 3 gives all five SynthRef domains, a rejection among them, in six samples
 SEED, N = 3, 6
@@ -49,7 +58,7 @@ def oracle(monkeypatch):
 
     def generate(self, samples, progress=False):
         out = []
-        for sample, info, prompt, _ in render(samples, self.processor, self.template, self.instruction):
+        for sample, info, prompt, _ in render(samples, self.processor, self.template, self.instruction, self.family):
             answer = answer_json(info.answer_boxes, sample.referring)
             text = f"<think>- Person 1: ok → ✅</think><answer>{answer}</answer>"
             out.append(Generation(sample, info, prompt, text, 7))
@@ -103,6 +112,58 @@ def test_oracle_scores_perfectly_at_evaluation_pixels(benchmark, tmp_path, tiny_
         assert len(row["extracted_predictions"]) == len(expected)
         for got, want in zip(sorted(row["extracted_predictions"]), sorted(expected)):
             assert max(abs(a - b) for a, b in zip(got, want)) < 1.0
+
+
+def test_qwen3_vl_oracle_answers_in_0_1000_score_perfectly(benchmark, tmp_path, oracle):
+    """The tiny Qwen3-VL's family prompts in 0-1000; hints copied back are decoded to original pixels."""
+    model = tiny.get("tiny", "qwen3_vl")
+    cfg = _config(benchmark, tmp_path, model=model, min_pixels=families.QWEN3_VL.eval_min_pixels, max_pixels=1280 * 32 * 32)
+    record = run(cfg, engine=oracle)
+    (result,) = record["results"]
+    assert result.all_data.densityf1_50 == 1.0 and result.all_data.densityf1_50_95 > 0.95
+    truth = {s.id: s for s in read_humanref(benchmark, load_images=False)}
+    for row in _rows(tmp_path / "predictions.jsonl"):
+        assert all(0 <= v <= 1000 for box in parse_completion(row["raw_response"]).answer.boxes for v in box)
+        for got, want in zip(sorted(row["extracted_predictions"]), sorted(truth[row["id"]].answer_boxes)):
+            assert max(abs(a - b) for a, b in zip(got, want)) < 1.0  # one thousandth of a SynthRef image is under a pixel
+
+
+def test_tiny_qwen3_vl_evaluates_end_to_end_with_transformers(benchmark, tmp_path):
+    model = tiny.get("tiny", "qwen3_vl")
+    record = run(_config(benchmark, tmp_path, model=model, backend="hf", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, limit=2))
+    assert record["runs"][-1]["generated"] == 2 and record["results"]
+    rows = _rows(tmp_path / "predictions.jsonl")
+    samples = {s.id: s for s in read_humanref(benchmark)}
+    for row in rows:  # noise, but whatever boxes the answers hold are decoded from 0-1000
+        width, height = samples[row["id"]].image_size
+        boxes = parse_completion(row["raw_response"]).answer.boxes
+        assert row["extracted_predictions"] == [[v / 1000 * (width if i % 2 == 0 else height) for i, v in enumerate(b)] for b in boxes]
+
+
+@pytest.mark.vllm
+def test_tiny_qwen3_vl_evaluates_with_vllm_in_a_subprocess(benchmark, tmp_path):
+    """A subprocess: one in-process vLLM engine per test process (the session's is Qwen2.5-VL's)."""
+    model, (lo, hi) = tiny.get("tiny", "qwen3_vl"), (4 * 32 * 32, 64 * 32 * 32)
+    proc = subprocess.run([
+        sys.executable, "evaluation/run_humanref.py", "--model", str(model), "--gt", str(benchmark), "--out", str(tmp_path),
+        "--num-workers", "0", "--limit", "2", "--max-new-tokens", "8", "--min-pixels", str(lo), "--max-pixels", str(hi),
+        "--max-model-len", "2048", "--no-charts", "--no-progress",
+    ], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    samples = read_humanref(benchmark)
+    for row, sample in zip(_rows(tmp_path / "predictions.jsonl"), samples):
+        hints = prompt_boxes(sample, lo, hi, family=families.QWEN3_VL).hint_boxes
+        assert hint_json(sample.category, hints) in row["prompt"] and max(v for box in hints for v in box) <= 1000
+
+
+def test_a_checkpoint_is_refused_in_a_frame_it_does_not_record(benchmark, tmp_path, tiny_model_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    families.record_frame(model, families.QWEN2_5_VL)
+    cfg = _config(benchmark, tmp_path / "out", model=model, family="qwen3_vl")
+    with pytest.raises(families.FrameMismatchError, match=rf"{model} records box frame 'model_pixels'.*'relative_1000'"):
+        run(cfg)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_truncated_last_line_is_dropped_and_never_duplicated(benchmark, tmp_path, tiny_model_path, oracle):

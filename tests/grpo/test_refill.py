@@ -13,6 +13,7 @@ import torch
 from rexthinker.config import ConfigError
 from rexthinker.grpo.config import AlgorithmConfig, GRPOConfig, GRPOTrainerConfig
 from rexthinker.grpo.trainer import GRPOTrainer, Rollouts
+from rexthinker.models.families import QWEN2_5_VL
 from rexthinker.quickeval import EvalConfig
 
 
@@ -54,7 +55,7 @@ def rollouts(groups: list[list[float]], name: str, keep: list[bool] | None = Non
     rewards = torch.tensor([r for rs in groups for r in rs], dtype=torch.float64)
     completions = [SimpleNamespace(token_ids=[1] * (k + 1)) for k in range(len(ids))]
     samples = [f"{name}{g}" for g in range(len(groups))]
-    infos = [SimpleNamespace(model_size=(28, 56)) for _ in groups]
+    infos = [SimpleNamespace(model_size=(28, 56), family=QWEN2_5_VL) for _ in groups]
     requests = [SimpleNamespace(prompt="p" * 8, image=None) for _ in groups]
     mask = torch.tensor(keep if keep is not None else [len(set(rs)) > 1 for rs in groups for _ in rs])
     return Rollouts(samples, requests, infos, completions, ids, {"overall": rewards.tolist()}, rewards, mask, epoch=len(name))

@@ -78,3 +78,25 @@ def test_family_matches_the_installed_transformers(name):
 
 def test_tiny_checkpoint_is_qwen2_5_vl(tiny_model_path):
     assert families.family_of(tiny_model_path) is families.QWEN2_5_VL
+
+
+def _checkpoint(folder, model_type):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    return folder
+
+
+def test_model_family_is_the_checkpoints_own_and_refuses_another_recorded_frame(tmp_path):
+    qwen3 = _checkpoint(tmp_path / "q3", "qwen3_vl")
+    assert families.model_family(qwen3) is families.QWEN3_VL  # nothing recorded: the config decides
+    assert families.model_family(qwen3, "qwen2_5_vl") is families.QWEN2_5_VL
+    families.record_frame(qwen3, families.QWEN3_VL)
+    assert json.loads((qwen3 / families.FRAME_FILE).read_text()) == {"family": "qwen3_vl", "frame": "relative_1000"}
+    assert families.model_family(qwen3) is families.QWEN3_VL
+    assert families.model_family(qwen3, "qwen3_5") is families.QWEN3_5  # the same frame
+    with pytest.raises(families.FrameMismatchError, match=rf"{qwen3} records box frame 'relative_1000'.*'model_pixels'"):
+        families.model_family(qwen3, "qwen2_5_vl")
+    mislabelled = _checkpoint(tmp_path / "q25", "qwen2_5_vl")
+    families.record_frame(mislabelled, families.QWEN3_VL)
+    with pytest.raises(families.FrameMismatchError, match="records box frame 'relative_1000'"):
+        families.model_family(mislabelled)

@@ -3,6 +3,7 @@ generates from an image in both, and the two agree on greedy tokens."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -61,8 +62,14 @@ def test_build_is_deterministic(tmp_path):
 
 def test_cache_key_changes_with_spec():
     spec = tiny.SPECS["tiny"]
-    other = tiny.TinySpec(**{**spec.__dict__, "seed": spec.seed + 1})
-    assert spec.key() != other.key()
+    assert spec.key() != dataclasses.replace(spec, seed=spec.seed + 1).key()
+
+
+def test_cache_keys_of_the_shipped_builds_stay():
+    """``models/demo-base`` was pre-trained from ``small`` (``models.base`` keys its cache on the
+    spec's key): a changed key would rebuild the shipped model's source and every cached base."""
+    assert (tiny.SPECS["tiny"].key(), tiny.SPECS["small"].key()) == ("1e8901265f5d", "d7640ed60812")
+    assert tiny.SPECS["small"].folder == "small-d7640ed60812"
 
 
 def test_tokenizer_has_qwen_special_tokens_and_round_trips(tiny_model_path):
@@ -84,7 +91,7 @@ def test_chat_template_is_the_released_one_trl_recognises(tiny_model_path):
     from trl.chat_template_utils import get_training_chat_template
 
     processor = AutoProcessor.from_pretrained(tiny_model_path)
-    assert processor.chat_template == tiny.qwen25vl_chat_template()
+    assert processor.chat_template == tiny.SPECS["tiny"].chat_template()
     assert get_training_chat_template(processor) is not None
     text = processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)
     assert text.startswith("<|im_start|>system\n" + THINK_PROMPT + "<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>")

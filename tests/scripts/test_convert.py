@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from rexthinker.convert import ConversionError, convert, push_to_hub
-from rexthinker.convert import card
+from rexthinker.convert import ConversionError, card, convert, push_to_hub
 from rexthinker.convert.keys import LAYOUT_RULES, rename
 from rexthinker.convert.pipeline import settle_dtype
 from rexthinker.convert.reference import Placement, infer_placement
+from rexthinker.models.families import FRAME_FILE, QWEN3_VL, FrameMismatchError, record_frame
 from scripts.convert_checkpoint import main as cli
 from tests.scripts.helpers import config_dtype, stored_tensors
 
@@ -91,7 +91,17 @@ def test_hf_folder_round_trip(tiny_model_path, tmp_path):
     assert_same(stored_tensors(out), stored_tensors(tiny_model_path))
     for name in ("config.json", "generation_config.json", "chat_template.jinja", "tokenizer.json", "processor_config.json", "README.md"):
         assert (out / name).is_file(), name
+    assert json.loads((out / FRAME_FILE).read_text()) == {"family": "qwen2_5_vl", "frame": "model_pixels"}
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_source_recording_another_frame_than_its_family_is_refused(tiny_model_path, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(tiny_model_path, source)
+    record_frame(source, QWEN3_VL)
+    with pytest.raises(FrameMismatchError, match="records box frame 'relative_1000'"):
+        convert(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,24 @@ def test_target_boxes_are_in_the_model_frame(tiny_model_path, sft_data):
         assert str(box) in text
 
 
+def test_qwen3_vl_features_hold_0_1000_hints_and_targets(sft_data):
+    from rexthinker.models import tiny
+    from rexthinker.models.families import QWEN3_VL
+
+    processor = AutoProcessor.from_pretrained(tiny.get("tiny", "qwen3_vl"))
+    samples = open_samples([str(sft_data / "train")])
+    sample = next(s for s in (samples[i] for i in range(len(samples))) if s.answer_boxes)
+    features = build_features(sample, processor, family=QWEN3_VL)
+    frame = QWEN3_VL.box_frame(*sample.image_size, *pixel_limits(processor))
+    (_, info, prompt, _), = list(render([sample], processor, family=QWEN3_VL))
+    assert info.hint_boxes == [frame.encode(b, sample.image_size) for b in sample.candidate_boxes]
+    assert str(info.hint_boxes) in prompt
+    labelled = processor.tokenizer.decode(features.labels[features.labels != IGNORE])
+    assert labelled == target_text(sample, info) + END_OF_TURN
+    for box in (frame.encode(b, sample.image_size) for b in sample.answer_boxes):
+        assert str(box) in labelled
+
+
 def test_collate_pads_and_counts_skipped(tiny_model_path, sft_data):
     processor = AutoProcessor.from_pretrained(tiny_model_path)
     samples = open_samples([str(sft_data / "train")])

@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rexthinker.models import tiny
+from rexthinker.models.families import FRAME_FILE, QWEN3_VL, model_family
 from rexthinker.sft.trainer import SFTTrainer
 
 
@@ -63,6 +65,22 @@ def test_final_checkpoint_loads_in_transformers(make_cfg):
         assert torch.equal(value, trained[key]), key
     assert AutoProcessor.from_pretrained(final).chat_template
     assert (run.out / "loss_curve.png").stat().st_size > 1000
+    assert json.loads((final / FRAME_FILE).read_text()) == {"family": "qwen2_5_vl", "frame": "model_pixels"}
+
+
+def test_qwen3_vl_steps_change_its_weights_and_the_export_records_its_frame(make_cfg):
+    run = SFTTrainer(make_cfg(f"model.path={tiny.get('tiny', 'qwen3_vl')}"))
+    assert run.family is QWEN3_VL
+    before = _params(run.model)
+    trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
+    run.fit()
+    after = _params(run.model)
+    assert trainable and all(not torch.equal(before[n], after[n]) for n in trainable if n.startswith("model.language_model.layers."))
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)
+    final = run.finish()
+    run.cleanup()
+    assert json.loads((final / FRAME_FILE).read_text()) == {"family": "qwen3_vl", "frame": "relative_1000"}
+    assert model_family(final) is QWEN3_VL
 
 
 class Crash(RuntimeError):
