@@ -50,6 +50,7 @@ import hashlib
 import itertools
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ from rexthinker.data import synthref
 from rexthinker.data.sample import RefSample
 from rexthinker.data.synthref.queries import hands_text, observe
 from rexthinker.data.synthref.scene import Scene, label_boxes, make_scene, render
-from rexthinker.prompts import build_messages, pixel_limits
+from rexthinker.prompts import THINK_PROMPT, build_messages, pixel_limits
 from rexthinker.train.features import IGNORE, Features, collate
 from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
 from rexthinker.train.metrics import plot_history
@@ -107,13 +108,20 @@ class BaseRecipe:
     # Where the gradient goes: the loss weight of each description line's shirt-colour token against
     # 1 for every other answer token (the loss is the weighted mean). 1 = plain next-token loss.
     colour_weight: float = 1.0
+    # The chats' form. "fixed": one system prompt, "Describe every person." first, then the locate
+    # questions (builds 1-7). "varied": the system prompt, the wording, the order of the turns, a
+    # preamble before the description lines and which persons a turn asks about are drawn per chat
+    # (:func:`varied_turns`), so the description lines (and their colour reading) land at any
+    # distance from the image, as the lines of a reasoning trace do (dev/LOG.md, session 7).
+    chat: str = "fixed"
 
     def key(self, spec_key: str) -> str:
         payload = dict(dataclasses.asdict(self), spec_key=spec_key, version=BASE_VERSION)
         for name in ("workers", "save_every"):
             payload.pop(name)
-        if self.colour_weight == 1.0:  # builds made before the setting existed keep their key
-            payload.pop("colour_weight")
+        for name, old in (("colour_weight", 1.0), ("chat", "fixed")):  # builds made before a setting existed keep their key
+            if payload[name] == old:
+                payload.pop(name)
         if self.init:  # the weights it starts from, not where they happen to lie
             payload["init"] = init_digest(Path(self.init))
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
@@ -138,13 +146,58 @@ DESCRIBE = "Describe every person."
 LIST = "List every person with its box."
 
 
-def describe_line(scene: Scene, k: int, box: list[int] | None = None) -> str:
-    """``Person 3 [x0, y0, x1, y1]: red shirt, ...`` (without the box when ``box`` is None)."""
+def describe_line(scene: Scene, k: int, box: list[int] | None = None, shirt_only: bool = False) -> str:
+    """``Person 3 [x0, y0, x1, y1]: red shirt, ...`` (without the box when ``box`` is None; only the
+    shirt with ``shirt_only``)."""
     fig = scene.figures[k]
-    parts = [observe(fig, kind) for kind in ("color", "tall", "hat", "flag")]
-    if scene.hands.get(k):
+    parts = [observe(fig, kind) for kind in (("color",) if shirt_only else ("color", "tall", "hat", "flag"))]
+    if scene.hands.get(k) and not shirt_only:
         parts.append(hands_text(scene, k))
     return f"{candidate_name(synthref.CATEGORY, k, box)}: " + ", ".join(parts)
+
+
+SYSTEMS = ("You are a helpful assistant.", THINK_PROMPT, "You look at images carefully and answer in short lines.")
+DESCRIBE_ALL = (DESCRIBE, "Describe each person in the image, in the order of the hints.", "Who is in this image? One line per person.",
+                "Please describe all the people in this image.")  # fmt: skip
+SHIRTS_ALL = ("What shirt does each person wear?", "Name the shirt colour of every person.")
+PREAMBLES = ("", "", "Sure.\n", "Here is every person, in the order of the hints:\n",
+             "OK, the user wants a description. I will go through the people one by one and write one line for each, "
+             "with the box from the hint and what I see inside it.\n\n# People\n",
+             "<think>Let me look at each person in turn.\n",
+             "There {are} {n} {people} in the hint list. I will check the region of each box in the image, starting with "
+             "Person 1 and ending with Person {n}, and state the shirt colour I see there first.\n\n")  # fmt: skip
+
+
+def _names(picked: list[int]) -> str:
+    names = [f"Person {k + 1}" for k in picked]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def varied_turns(rng: random.Random, scene: Scene, boxes: list[list[int]], hint: str) -> list[tuple[str, str]]:
+    """The "varied" chat of a scene: 1-6 turns in a random order, one of them a description of every
+    person (all attributes, or the shirt only) after a random preamble; the others locate questions
+    or descriptions of some persons. Only the first user turn carries the hints."""
+    n = scene.n
+    preamble = rng.choice(PREAMBLES).format(n=n, are="is" if n == 1 else "are", people="person" if n == 1 else "people")
+    shirts = rng.random() < 0.4
+    lines = [describe_line(scene, k, boxes[k], shirt_only=shirts) for k in range(n)]
+    every = (rng.choice(SHIRTS_ALL if shirts else DESCRIBE_ALL), preamble + "\n".join(lines))
+    turns = [locate_turn(rng, n, boxes) for _ in range(rng.randint(0, 3))]
+    for _ in range(rng.randint(0, 2)):
+        picked = sorted(rng.sample(range(n), rng.randint(1, n)))
+        turns.append((f"Describe {_names(picked)}.", "\n".join(describe_line(scene, k, boxes[k]) for k in picked)))
+    rng.shuffle(turns)
+    turns.insert(rng.randint(0, len(turns)), every)
+    first, answer = turns[0]
+    return [(hint + first, answer), *turns[1:]]
+
+
+def system_prompt(index: int, recipe: BaseRecipe, split: str = "pretrain") -> str:
+    """The system prompt of chat ``index``: always "You are a helpful assistant." in the fixed chats,
+    one of :data:`SYSTEMS` in the varied ones (drawn apart from the scene, so the scenes do not change)."""
+    if recipe.chat == "fixed":
+        return SYSTEMS[0]
+    return synthref.sample_rng(recipe.seed, split + "-system", index).choice(SYSTEMS)
 
 
 def locate_turn(rng: random.Random, n: int, boxes: list[list[int]]) -> tuple[str, str]:
@@ -159,7 +212,7 @@ def locate_turn(rng: random.Random, n: int, boxes: list[list[int]]) -> tuple[str
 def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: int, split: str = "pretrain", copy: bool = False):
     """One image with its chat: [(user text, assistant text), ...]; the first user text carries the
     hints. ``copy``: the text-only warm-up chat (list the hints with their boxes, then locate), whose
-    image is not shown to the model."""
+    image is not shown to the model. The system prompt is :func:`system_prompt`'s."""
     rng = synthref.sample_rng(recipe.seed, split, index)
     cfg = recipe.scene_config()
     scene = make_scene(rng, cfg, set())
@@ -169,6 +222,8 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
                        category=synthref.CATEGORY, image_size=(scene.width, scene.height))  # fmt: skip
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
     hint = HINT_LINE.format(hint=hint_json(synthref.CATEGORY, info.hint_boxes))
+    if recipe.chat == "varied" and not copy:
+        return image, varied_turns(rng, scene, info.hint_boxes, hint)
     if copy:
         turns = [(hint + LIST, "\n".join(candidate_name(synthref.CATEGORY, k, info.hint_boxes[k]) for k in range(scene.n)))]
     else:
@@ -178,11 +233,11 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
     return image, turns
 
 
-def build_features(processor, image, turns: list[tuple[str, str]]) -> Features:
+def build_features(processor, image, turns: list[tuple[str, str]], system: str = SYSTEMS[0]) -> Features:
     """Token features of a multi-turn chat; labels cover every assistant turn and its ``<|im_end|>``."""
     tok = processor.tokenizer
     vision = "" if image is None else "<|vision_start|><|image_pad|><|vision_end|>"
-    first = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    first = (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
              f"{vision}{turns[0][0]}<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
     if image is None:  # text only: no pixels, every token a text token
         ids = tok(first, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -209,8 +264,9 @@ def build_features(processor, image, turns: list[tuple[str, str]]) -> Features:
 PROBES = {"box": "box_exact", "colour": "colour_acc", "describe": "describe_exact", "locate": "locate_exact"}
 
 def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int]]]:
-    """For each line of a description, the token indices (within ``answer + <|im_end|>`` tokenised on
-    its own, as :func:`build_features` does) of its box and of its shirt-colour word."""
+    """For each description line of an answer (``Person k ...: colour shirt, ...``; other lines, such
+    as a preamble, are skipped), the token indices (within ``answer + <|im_end|>`` tokenised on its
+    own, as :func:`build_features` does) of its box and of its shirt-colour word."""
     enc = tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
 
@@ -220,21 +276,33 @@ def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int]]
     out, pos = [], 0
     for line in answer.split("\n"):
         head, _, rest = line.partition(": ")
-        box = tokens(pos + head.index("["), pos + len(head)) if "[" in head else []
-        colour_at = pos + len(head) + 2
-        colour = tokens(colour_at, colour_at + len(rest.split(" ")[0]))
-        out.append((box, colour))
+        if _PERSON_LINE.match(line):
+            box = tokens(pos + head.index("["), pos + len(head)) if "[" in head else []
+            colour_at = pos + len(head) + 2
+            out.append((box, tokens(colour_at, colour_at + len(rest.split(" ")[0]))))
         pos += len(line) + 1
     return out
 
 
-def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[tuple[list[int], list[int]]]]) -> dict[str, float]:
+_PERSON_LINE = re.compile(r"Person \d+( \[[\d, ]+\])?(: \w+ shirt|$)")  # a description line, or a bare one of the copy chats
+
+
+def chat_targets(tokenizer, turns: list[tuple[str, str]]) -> list[tuple[int, list[int], list[int]]]:
+    """The probe targets of a chat: ``(turn, box tokens, colour tokens)`` for every description line
+    of every assistant turn (token indices within that turn's answer, as :func:`describe_targets`)."""
+    return [(i, box, colour) for i, (_, answer) in enumerate(turns) for box, colour in describe_targets(tokenizer, answer)]
+
+
+def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[tuple[int, list[int], list[int]]]]) -> dict[str, float]:
     """Teacher-forced skill probes of a batch of chats (argmax at every position):
 
     - ``box_exact``: description lines whose box ("Person k [x0, y0, x1, y1]") is right in every
       token: the k-th hint box copied;
     - ``colour_acc``: description lines whose shirt colour is right: the region that box names, read;
-    - ``describe_exact`` / ``locate_exact``: whole answers right (the description; "Where is ...").
+    - ``describe_exact`` / ``locate_exact``: whole answers right (those with description lines;
+      the others, "Where is ...").
+
+    ``targets``: :func:`chat_targets` of each row.
     """
     counts, totals = probe_counts(logits, labels, targets)
     return {PROBES[k]: counts[k] / totals[k] for k in counts if totals[k]}
@@ -250,16 +318,16 @@ def probe_counts(logits: torch.Tensor, labels: torch.Tensor, targets) -> tuple[d
         spans = _answer_spans(gold[row])
         if not spans:
             continue
+        described = {turn for turn, _, _ in targets[row]}
         for i, span in enumerate(spans):
-            task = "describe" if i == 0 else "locate"
+            task = "describe" if i in described else "locate"
             totals[task] += 1
             counts[task] += bool((pred[row, span] == gold[row, span]).all())
-        first = spans[0]
-        for box, colour in targets[row]:
+        for turn, box, colour in targets[row]:
             for name, where in (("box", box), ("colour", colour)):
                 if where:
                     totals[name] += 1
-                    at = first[torch.tensor(where)]
+                    at = spans[turn][torch.tensor(where)]
                     counts[name] += bool((pred[row, at] == gold[row, at]).all())
     return counts, totals
 
@@ -301,9 +369,9 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, targets, colour_we
         weights = weights.cpu()
         for row in range(on_cpu.shape[0]):
             spans = _answer_spans(on_cpu[row])
-            for _, colour in targets[row] if spans else ():
+            for turn, _, colour in targets[row] if spans else ():
                 if colour:
-                    weights[row, spans[0][torch.tensor(colour)]] = colour_weight
+                    weights[row, spans[turn][torch.tensor(colour)]] = colour_weight
         weights = weights.to(losses.device)
     return (losses * weights).sum() / weights.sum().clamp(min=1.0)
 
@@ -322,8 +390,8 @@ class Chats(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         image, turns = make_example(self.start + i, self.recipe, *self.limits, self.split, copy=self.copy)
-        features = build_features(self.processor, None if self.copy else image, turns)
-        return features, describe_targets(self.processor.tokenizer, turns[0][1])
+        features = build_features(self.processor, None if self.copy else image, turns, system_prompt(self.start + i, self.recipe, self.split))
+        return features, chat_targets(self.processor.tokenizer, turns)
 
 
 def _loader(chats: Chats, batch_size: int, workers: int, pad_id: int):

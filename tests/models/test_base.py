@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 
+from rexthinker.data.synthref.config import PALETTE
 from rexthinker.models import base, tiny
 from rexthinker.prompts import pixel_limits
 from rexthinker.train.features import IGNORE
@@ -140,10 +141,11 @@ def test_probes_score_the_box_and_colour_of_each_description_line(processor):
     lo, hi = pixel_limits(processor)
     image, turns = base.make_example(4, base.BaseRecipe(spec="tiny"), lo, hi)
     f = base.build_features(processor, image, turns)
-    targets = base.describe_targets(processor.tokenizer, turns[0][1])
+    targets = base.chat_targets(processor.tokenizer, turns)
     lines = turns[0][1].split("\n")
+    assert [turn for turn, _, _ in targets] == [0] * len(lines)  # the description is the first turn of a fixed chat
     start = int((f.labels != IGNORE).nonzero()[0])
-    for line, (box, colour) in zip(lines, targets):
+    for line, (_, box, colour) in zip(lines, targets):
         assert processor.tokenizer.decode(f.input_ids[start + torch.tensor(box)]).strip() == line[line.index("["): line.index("]") + 1]
         assert processor.tokenizer.decode(f.input_ids[start + torch.tensor(colour)]).strip() == line.split(": ")[1].split(" ")[0]
     # perfect logits: every probe 1; one wrong colour token: colour_acc drops by one line
@@ -152,7 +154,7 @@ def test_probes_score_the_box_and_colour_of_each_description_line(processor):
     gold = labels[0, 1:].clamp(min=0)
     logits[0, torch.arange(labels.shape[1] - 1), gold] = 10.0
     assert base.skill_probes(logits, labels, [targets]) == {"box_exact": 1.0, "colour_acc": 1.0, "describe_exact": 1.0, "locate_exact": 1.0}
-    wrong = start + targets[0][1][0] - 1  # the position that predicts the first line's colour token
+    wrong = start + targets[0][2][0] - 1  # the position that predicts the first line's colour token
     logits[0, wrong] = logits[0, wrong].roll(1)
     probes = base.skill_probes(logits, labels, [targets])
     assert probes["colour_acc"] == 1 - 1 / len(lines) and probes["box_exact"] == 1.0 and probes["describe_exact"] == 0.0
@@ -162,14 +164,14 @@ def test_colour_weight_weights_exactly_the_colour_tokens(processor):
     lo, hi = pixel_limits(processor)
     image, turns = base.make_example(4, base.BaseRecipe(spec="tiny"), lo, hi)
     f = base.build_features(processor, image, turns)
-    targets = [base.describe_targets(processor.tokenizer, turns[0][1])]
+    targets = [base.chat_targets(processor.tokenizer, turns)]
     labels = f.labels[None]
     logits = torch.randn(1, labels.shape[1], len(processor.tokenizer), generator=torch.Generator().manual_seed(0))
     plain = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=IGNORE)
     assert torch.allclose(base.weighted_loss(logits, labels, targets, 1.0), plain)
     per_token = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:].clamp(min=0), reduction="none")
     start = int((f.labels != IGNORE).nonzero()[0]) - 1  # shifted: position p predicts token p + 1
-    colour = torch.tensor([start + j for _, c in targets[0] for j in c])
+    colour = torch.tensor([start + j for _, _, c in targets[0] for j in c])
     answer = labels[0, 1:] != IGNORE
     expected = (per_token[answer].sum() + 4 * per_token[colour].sum()) / (answer.sum() + 4 * len(colour))
     assert torch.allclose(base.weighted_loss(logits, labels, targets, 5.0), expected)
@@ -206,7 +208,7 @@ def test_copy_warm_up_chats_are_text_only_lists_of_the_hints(processor):
     assert turns[0][1].split("\n") == [f"Person {k + 1} {json.dumps(box)}" for k, box in enumerate(hint)]
     batch, targets = next(iter(base._loader(base.Chats(processor, recipe, "pretrain-copy", 0, 3, copy=True), 3, 0, 0)))
     assert "pixel_values" not in batch and not (batch["mm_token_type_ids"] == 1).any()
-    assert image_pad_free(processor, batch["input_ids"]) and all(t and all(box for box, _ in t) for t in targets)
+    assert image_pad_free(processor, batch["input_ids"]) and all(t and all(box for _, box, _ in t) for t in targets)
 
 
 def image_pad_free(processor, ids) -> bool:
@@ -224,3 +226,41 @@ def test_a_build_with_a_copy_warm_up_runs_both_phases(tmp_path, monkeypatch):
     assert any("2 text-only steps x 3 and 1 steps x 2 images" in line for line in logs) and any("step 3/3" in line for line in logs)
     assert [json.loads(r)["step"] for r in (path / "pretrain_history.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert "1 x 2 (after 2 x 3 text-only) | 2 + 6 |" in base.model_card(base.lineage(path), "bfloat16", 1)
+
+
+def test_varied_chats_move_the_description_and_probe_it_wherever_it_lands(processor):
+    """The "varied" chats: system prompt, wording, turn order and a preamble drawn per chat; the
+    probes and the colour weights follow the description lines into whichever turn holds them."""
+    lo, hi = pixel_limits(processor)
+    recipe = base.BaseRecipe(spec="tiny", level="demo", chat="varied")
+    where, systems, preambles = set(), set(), set()
+    for i in range(24):
+        image, turns = base.make_example(i, recipe, lo, hi)
+        hint = json.loads(turns[0][0].split("image: ", 1)[1].split("\n", 1)[0])["person"]
+        every = [t for t, (_, answer) in enumerate(turns) if len(base.describe_targets(processor.tokenizer, answer)) == len(hint)
+                 and answer.split("\n")[-1].startswith(f"Person {len(hint)} ")]  # fmt: skip
+        assert every, turns
+        where.add(every[0])
+        lines = turns[every[0]][1].split("\n")
+        preambles.add(len(lines) > len(hint))
+        assert [line.split(":")[0] for line in lines[-len(hint):]] == [f"Person {k + 1} {json.dumps(box)}" for k, box in enumerate(hint)]
+        systems.add(base.system_prompt(i, recipe))
+        assert base.make_example(i, recipe, lo, hi)[1] == turns
+    assert len(where) >= 3 and preambles == {True, False} and systems == set(base.SYSTEMS)
+    # the scenes are the fixed chats' scenes; only the chats differ
+    fixed_image, _ = base.make_example(7, dataclasses.replace(recipe, chat="fixed"), lo, hi)
+    assert list(fixed_image.getdata()) == list(base.make_example(7, recipe, lo, hi)[0].getdata())
+    assert recipe.key("k") != dataclasses.replace(recipe, chat="fixed").key("k")
+    assert base.BaseRecipe().key("k") == base.BaseRecipe(chat="fixed").key("k")  # older builds keep their key
+    # a batch: every description line's box and colour is found in its own turn
+    (batch, targets) = next(iter(base._loader(base.Chats(processor, recipe, "pretrain", 0, 6), 6, 0, processor.tokenizer.pad_token_id)))
+    for row, chat in enumerate(targets):
+        spans = base._answer_spans(batch["labels"][row, 1:])
+        for turn, box, colour in chat:
+            text = processor.tokenizer.decode(batch["labels"][row, 1:][spans[turn][torch.tensor(colour)]])
+            assert text.strip() in PALETTE, text
+            assert processor.tokenizer.decode(batch["labels"][row, 1:][spans[turn][torch.tensor(box)]]).strip().startswith("[")
+    labels = batch["labels"]
+    logits = torch.full((*labels.shape, len(processor.tokenizer)), -10.0)
+    logits.scatter_(2, labels.clamp(min=0).roll(-1, 1).unsqueeze(-1), 10.0)  # position p predicts token p + 1
+    assert base.skill_probes(logits, labels, targets) == {"box_exact": 1.0, "colour_acc": 1.0, "describe_exact": 1.0, "locate_exact": 1.0}
