@@ -83,6 +83,20 @@ def test_two_steps_through_ray_with_vllm_change_the_policy(tiny_model_path, grpo
     assert (tmp_path / "run" / "reward_curves.png").exists()
 
 
+def test_two_qwen3_vl_steps_reward_in_its_0_1000_frame_and_change_the_policy(grpo_cot, tmp_path):
+    from rexthinker.models import tiny
+    from rexthinker.models.families import FRAME_FILE
+
+    model = tiny.get("tiny", "qwen3_vl")
+    cfg = make_cfg(model, grpo_cot, tmp_path / "run", f"reward.function={PLUGINS}:relative_length_score")
+    trainer, final = run(cfg)
+    assert trainer.reward.errors.failed == 0
+    before = load_file(str(Path(model) / "model.safetensors"))
+    after = load_file(str(final / "model.safetensors"))
+    assert any(".language_model." in k for k in before if not torch.equal(before[k], after[k]))
+    assert json.loads((final / FRAME_FILE).read_text()) == {"family": "qwen3_vl", "frame": "relative_1000"}
+
+
 def test_a_reward_that_raises_on_some_samples_scores_them_zero(tiny_model_path, grpo_data, tmp_path):
     cfg = make_cfg(tiny_model_path, grpo_data, tmp_path / "flaky", f"reward.function={PLUGINS}:Flaky", "trainer.max_steps=1")
     trainer, _ = run(cfg)
