@@ -63,6 +63,7 @@ from rexthinker.contracts.hint import HINT_LINE, hint_json
 from rexthinker.contracts.trace import candidate_name
 from rexthinker.data import synthref
 from rexthinker.data.sample import RefSample
+from rexthinker.data.synthref.config import PALETTE
 from rexthinker.data.synthref.queries import hands_text, observe
 from rexthinker.data.synthref.scene import Scene, label_boxes, make_scene, render
 from rexthinker.prompts import THINK_PROMPT, build_messages, pixel_limits
@@ -73,6 +74,9 @@ from rexthinker.train.metrics import plot_history
 BASE_VERSION = 3  # bump when the tasks or the training procedure change
 MARKER = "rexthinker_base.json"
 SNAPSHOT = "rexthinker_base_snapshot.json"  # a snapshot written during a build, for BaseRecipe.init
+
+
+CHATS = ("fixed", "varied", "varied-ask")  # BaseRecipe.chat
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,14 @@ class BaseRecipe:
     # preamble before the description lines and which persons a turn asks about are drawn per chat
     # (:func:`varied_turns`), so the description lines (and their colour reading) land at any
     # distance from the image, as the lines of a reasoning trace do (dev/LOG.md, session 7).
+    # "varied-ask": as "varied", and half of the descriptions answer a colour question ("Is anyone
+    # wearing a red shirt?") whose colour is named before the lines are written, as a trace's plan
+    # names the colours it looks for (:func:`ask_turn`).
     chat: str = "fixed"
+
+    def __post_init__(self) -> None:
+        if self.chat not in CHATS:
+            raise ValueError(f"unknown base chat form {self.chat!r}; choose one of {', '.join(CHATS)}")
 
     def key(self, spec_key: str) -> str:
         payload = dict(dataclasses.asdict(self), spec_key=spec_key, version=BASE_VERSION)
@@ -173,15 +184,18 @@ def _names(picked: list[int]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def varied_turns(rng: random.Random, scene: Scene, boxes: list[list[int]], hint: str) -> list[tuple[str, str]]:
+def varied_turns(rng: random.Random, scene: Scene, boxes: list[list[int]], hint: str, ask: bool = False) -> list[tuple[str, str]]:
     """The "varied" chat of a scene: 1-6 turns in a random order, one of them a description of every
-    person (all attributes, or the shirt only) after a random preamble; the others locate questions
-    or descriptions of some persons. Only the first user turn carries the hints."""
+    person (all attributes, or the shirt only) after a random preamble, or with ``ask`` half the time
+    a colour question (:func:`ask_turn`); the others locate questions or descriptions of some persons.
+    Only the first user turn carries the hints."""
     n = scene.n
     preamble = rng.choice(PREAMBLES).format(n=n, are="is" if n == 1 else "are", people="person" if n == 1 else "people")
     shirts = rng.random() < 0.4
     lines = [describe_line(scene, k, boxes[k], shirt_only=shirts) for k in range(n)]
     every = (rng.choice(SHIRTS_ALL if shirts else DESCRIBE_ALL), preamble + "\n".join(lines))
+    if ask and rng.random() < 0.5:
+        every = ask_turn(rng, scene, boxes)
     turns = [locate_turn(rng, n, boxes) for _ in range(rng.randint(0, 3))]
     for _ in range(rng.randint(0, 2)):
         picked = sorted(rng.sample(range(n), rng.randint(1, n)))
@@ -190,6 +204,23 @@ def varied_turns(rng: random.Random, scene: Scene, boxes: list[list[int]], hint:
     turns.insert(rng.randint(0, len(turns)), every)
     first, answer = turns[0]
     return [(hint + first, answer), *turns[1:]]
+
+
+def ask_turn(rng: random.Random, scene: Scene, boxes: list[list[int]]) -> tuple[str, str]:
+    """"Is anyone wearing a red shirt?": the answer names the colour asked for, goes through every
+    person's shirt ("- Person 2 [box]: blue shirt"), then answers yes (who) or no. The colour is one of
+    the scene's half the time; the lines must still be read from the image, not copied from the question."""
+    worn = sorted({fig.color for fig in scene.figures})
+    colour = rng.choice(worn) if rng.random() < 0.5 else rng.choice(sorted(PALETTE))
+    a = "an" if colour[0] in "aeiou" else "a"
+    dash = rng.choice(("", "- "))
+    lines = [dash + describe_line(scene, k, boxes[k], shirt_only=True) for k in range(scene.n)]
+    who = [k for k, fig in enumerate(scene.figures) if fig.color == colour]
+    verdict = f"Yes: {_names(who)}." if who else f"No, nobody wears {a} {colour} shirt."
+    question = rng.choice((f"Is anyone wearing {a} {colour} shirt?", f"Who wears {a} {colour} shirt? Check every person."))
+    opening = rng.choice((f"I need to find the people in {a} {colour} shirt.\n", f"Looking for {a} {colour} shirt, person by person:\n\n",
+                          f"OK, the user asks about {a} {colour} shirt. Let me check each person.\n\n# Find the people in {a} {colour} shirt\n"))  # fmt: skip
+    return question, opening + "\n".join(lines) + "\n" + verdict
 
 
 def system_prompt(index: int, recipe: BaseRecipe, split: str = "pretrain") -> str:
@@ -222,8 +253,8 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
                        category=synthref.CATEGORY, image_size=(scene.width, scene.height))  # fmt: skip
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
     hint = HINT_LINE.format(hint=hint_json(synthref.CATEGORY, info.hint_boxes))
-    if recipe.chat == "varied" and not copy:
-        return image, varied_turns(rng, scene, info.hint_boxes, hint)
+    if recipe.chat in ("varied", "varied-ask") and not copy:
+        return image, varied_turns(rng, scene, info.hint_boxes, hint, ask=recipe.chat == "varied-ask")
     if copy:
         turns = [(hint + LIST, "\n".join(candidate_name(synthref.CATEGORY, k, info.hint_boxes[k]) for k in range(scene.n)))]
     else:
@@ -284,7 +315,7 @@ def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int]]
     return out
 
 
-_PERSON_LINE = re.compile(r"Person \d+( \[[\d, ]+\])?(: \w+ shirt|$)")  # a description line, or a bare one of the copy chats
+_PERSON_LINE = re.compile(r"(- )?Person \d+( \[[\d, ]+\])?(: \w+ shirt|$)")  # a description line, or a bare one of the copy chats
 
 
 def chat_targets(tokenizer, turns: list[tuple[str, str]]) -> list[tuple[int, list[int], list[int]]]:
@@ -332,13 +363,15 @@ def probe_counts(logits: torch.Tensor, labels: torch.Tensor, targets) -> tuple[d
     return counts, totals
 
 
-def measure(folder: Path, chats: int = 256, start: int = 0, batch_size: int = 16) -> dict[str, float]:
+def measure(folder: Path, chats: int = 256, start: int = 0, batch_size: int = 16, chat: str = "fixed") -> dict[str, float]:
     """The held-out skill probes of the base in ``folder`` (a build, snapshot or shipped copy) on chats
-    ``start .. start+chats-1`` of the ``pretrain-val`` split at its last build's scene settings, fp32
-    compute, pooled over all the chats. The probes logged while training use the first 32."""
+    ``start .. start+chats-1`` of the ``pretrain-val`` split at its last build's scene settings, in
+    the ``chat`` form (the fixed describe chats by default, whatever the build trained on, so that
+    every build is measured alike), fp32 compute, pooled over all the chats. The probes logged while
+    training use the first 32 chats of the build's own form."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    recipe = BaseRecipe(**{**lineage(folder)[-1]["recipe"], "init": ""})
+    recipe = BaseRecipe(**{**lineage(folder)[-1]["recipe"], "init": "", "chat": chat})
     processor = AutoProcessor.from_pretrained(folder)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     counts, totals = {}, {}
@@ -511,7 +544,7 @@ def get(recipe: BaseRecipe | None = None, log=print) -> Path:
 # --- the shipped base ------------------------------------------------------------------------------
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "demo-base"  # what `make demo` starts from
 _COPIED = ("config.json", "generation_config.json", "chat_template.jinja", "processor_config.json",
-           "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "pretrain_history.jsonl")  # fmt: skip
+           "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "pretrain_history.jsonl", "box_frame.json")  # fmt: skip
 
 
 def shipped() -> Path:
@@ -576,9 +609,11 @@ def model_card(chain: list[dict], dtype: str, n_params: int, note: str = "") -> 
         "# demo-base: the small Qwen2.5-VL that `make demo` starts from",
         "",
         f"The `{chain[-1]['recipe']['spec']}` Qwen2.5-VL architecture of `rexthinker.models.tiny` ({n_params / 1e6:.2f} M parameters, {dtype}),",
-        "pre-trained by `rexthinker.models.base` on two generic tasks that are not the referring task:",
-        "describing every hinted person (`Person 2 [x0, y0, x1, y1]: red shirt, tall, ...`) and locating",
-        "`Person k` (its hint box as JSON). Scenes are SynthRef's, from its own `pretrain` split, so none is",
+        "pre-trained by `rexthinker.models.base` on generic tasks that are not the referring task:",
+        "describing every hinted person (`Person 2 [x0, y0, x1, y1]: red shirt, tall, ...`), locating",
+        "`Person k` (its hint box as JSON) and, from `--chat varied-ask` on, chats of varied form (system",
+        "prompt, wording, turn order, preambles, some persons only) and colour questions (\"Is anyone wearing",
+        "a red shirt?\", answered line by line). Scenes are SynthRef's, from its own `pretrain` split, so none is",
         "shared with the SFT, GRPO or evaluation splits. It is a stand-in for a pre-trained VLM at demo",
         "scale; it is not a model of real photographs.",
         "",
@@ -603,7 +638,7 @@ def model_card(chain: list[dict], dtype: str, n_params: int, note: str = "") -> 
                      f"{shape} | {chats} | {build['wall_s'] / 60:.0f} min | {' | '.join(cells)} |")  # fmt: skip
     lines += [
         "",
-        "The probes are teacher-forced on 32 held-out chats (`pretrain-val` split): `box exact` is a",
+        "The probes are teacher-forced on 32 held-out chats of the build's own form (`pretrain-val` split): `box exact` is a",
         "description line's box right in every token (the k-th hint copied), `colour` its shirt colour",
         "(the region that box names, read), and the other two whole answers right. The full curves are in",
         "`pretrain_history.jsonl` (plotted in `pretrain_curves.png`); `tests/models/test_shipped_base.py` re-checks the probes on a fixed",
@@ -629,11 +664,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=0.0,
                         help="choose --steps so the command takes about this long here (times 50 steps first; GPU mode)")  # fmt: skip
     parser.add_argument("--measure", type=Path, default=None,
-                        help="print the held-out probes of the base in this folder on --chats chats, and build nothing")
+                        help="print the held-out probes of the base in this folder on --chats chats of the --chat form, and build nothing")
     parser.add_argument("--chats", type=int, default=256, help="held-out chats for --measure")  # fmt: skip
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps({"base": str(args.measure), "chats": args.chats, **measure(args.measure, args.chats)}))
+        probes = measure(args.measure, args.chats, chat=args.chat)
+        print(json.dumps({"base": str(args.measure), "chats": args.chats, "chat": args.chat, **probes}))
         return 0
     recipe = BaseRecipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseRecipe)})
     if args.minutes:

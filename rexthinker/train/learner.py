@@ -46,13 +46,19 @@ class OptimConfig:
 @dataclass
 class LearnerConfig:
     strategy: Literal["single", "zero2", "zero3"] = "single"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # auto: bf16 on CUDA, fp32 on CPU. bf16: the weights themselves in bf16 (AdamW then rounds away
+    # small updates). bf16-mixed: fp32 weights and optimizer, the forward under bf16 autocast (one
+    # process only): faster matmuls where the CPU has AMX or AVX-512 BF16, or on a GPU.
+    precision: Literal["auto", "bf16", "fp32", "bf16-mixed"] = "auto"
     deepspeed_config: str | None = None  # a DeepSpeed JSON; default recipes/configs/deepspeed/<strategy>.json
     gradient_checkpointing: bool = False
 
 
 def resolve_precision(precision: str) -> torch.dtype:
-    return dist.compute_dtype() if precision == "auto" else {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    """The dtype the weights are held in."""
+    if precision == "auto":
+        return dist.compute_dtype()
+    return {"bf16": torch.bfloat16, "fp32": torch.float32, "bf16-mixed": torch.float32}[precision]
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):
@@ -100,6 +106,9 @@ class Learner:
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, cfg: LearnerConfig, total_steps: int, micro_batch_size: int = 1):
         self.cfg, self.optim_cfg = cfg, optim
         self.lora = lora.is_lora(model)  # only adapters train (rexthinker.models.lora)
+        if cfg.precision == "bf16-mixed" and cfg.strategy != "single":
+            raise ValueError(f"learner.precision bf16-mixed runs with strategy 'single'; under {cfg.strategy} use bf16 "
+                             "(DeepSpeed keeps fp32 master weights itself)")  # fmt: skip
         dtype = resolve_precision(cfg.precision)
         model.to(dtype=dtype)
         if cfg.gradient_checkpointing:
@@ -134,7 +143,8 @@ class Learner:
         return float(dist.world_size()) if self.engine is not None else 1.0
 
     def __call__(self, **batch):
-        return (self.engine or self.model)(**batch)
+        with torch.autocast(dist.device().type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16-mixed"):
+            return (self.engine or self.model)(**batch)
 
     def set_boundary(self, is_last_micro_batch: bool) -> None:
         if self.engine is not None:

@@ -264,3 +264,28 @@ def test_varied_chats_move_the_description_and_probe_it_wherever_it_lands(proces
     logits = torch.full((*labels.shape, len(processor.tokenizer)), -10.0)
     logits.scatter_(2, labels.clamp(min=0).roll(-1, 1).unsqueeze(-1), 10.0)  # position p predicts token p + 1
     assert base.skill_probes(logits, labels, targets) == {"box_exact": 1.0, "colour_acc": 1.0, "describe_exact": 1.0, "locate_exact": 1.0}
+
+
+def test_ask_chats_name_a_colour_first_and_answer_from_the_lines(processor):
+    """"varied-ask": a colour question whose colour is named before the shirt lines; the verdict
+    follows from the lines, and the probes score those lines (their "- " prefix included)."""
+    lo, hi = pixel_limits(processor)
+    recipe = base.BaseRecipe(spec="tiny", level="demo", chat="varied-ask")
+    asked = 0
+    for i in range(24):
+        _, turns = base.make_example(i, recipe, lo, hi)
+        for question, answer in turns:
+            found = re.search(r"(?:wearing|wears) an? (\w+) shirt", question)
+            if not found:
+                continue
+            asked += 1
+            colour = found.group(1)
+            lines = [line for line in answer.split("\n") if re.match(r"(- )?Person \d+ \[", line)]
+            assert f"{colour} shirt" in answer.split("\n")[0]  # named before any line is written
+            wearing = [line.removeprefix("- ").split(" [")[0] for line in lines if line.endswith(f": {colour} shirt")]
+            last = answer.split("\n")[-1]
+            assert (last.startswith("Yes:") and all(name in last for name in wearing)) or (not wearing and last.startswith("No,"))
+            assert len(base.describe_targets(processor.tokenizer, answer)) == len(lines)
+    assert asked >= 5
+    with pytest.raises(ValueError, match="unknown base chat form 'chatty'"):
+        base.BaseRecipe(chat="chatty")

@@ -12,11 +12,12 @@ from rexthinker.models import base
 
 pytestmark = pytest.mark.skipif(not (base.SHIPPED / base.MARKER).exists(), reason="no shipped base in this checkout")
 
-# The shipped build (build 7, the GPU-mode build) on the first 16 chats of its held-out split, bf16
-# weights and fp32 compute, when it was shipped: box_exact 1.000 and colour_acc 1.000 (1.000 and 0.999
-# on 512 chats, `python -m rexthinker.models.base --measure models/demo-base --chats 512`). Chance for
+# The shipped build (build 10, varied chats and colour questions, bf16 weights, fp32 compute) on the
+# first 128 fixed describe chats of its held-out split (`--measure`, `chat="fixed"`, the form every
+# build is measured in). On 256 chats it has box_exact 0.972 and colour_acc 1.000; its first 16 chats
+# are harder (box 0.891), so the test pools 128 (about 370 lines, ~15 s) rather than 16. Chance for
 # colours is 0.17, and about 0.35 for a model that only knows which colours a scene has; the floors are
-# the bars (0.95 box, 0.80 colour) with room for a rebuild's noise on 16 chats above the colour one.
+# the bars (0.95 box, 0.80 colour), the colour one raised to 0.90.
 FLOORS = {"box_exact": 0.95, "colour_acc": 0.90}
 
 
@@ -32,6 +33,6 @@ def test_shipped_base_is_the_build_its_card_describes():
 
 
 def test_shipped_base_has_its_skills():
-    probes = base.measure(base.shipped(), chats=16)
+    probes = base.measure(base.shipped(), chats=128)
     for name, floor in FLOORS.items():
         assert probes[name] >= floor, (name, probes)

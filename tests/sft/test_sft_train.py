@@ -37,6 +37,33 @@ def test_steps_change_trainable_parameters_only(make_cfg):
     run.cleanup()
 
 
+def test_bf16_mixed_keeps_fp32_weights_and_runs_the_forward_in_bf16(make_cfg):
+    """learner.precision=bf16-mixed: the weights and their updates stay fp32, the forward's matmuls run
+    in bf16 (autocast), and the loss is close to the fp32 one on the same first batch."""
+    def first_loss(run) -> float:
+        return json.loads((run.out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    plain = SFTTrainer(make_cfg("learner.precision=fp32"))
+    plain.fit()
+    reference = first_loss(plain)
+    plain.cleanup()
+    mixed = SFTTrainer(make_cfg("learner.precision=bf16-mixed", f"trainer.output_dir={plain.out.parent / 'mixed'}"))
+    before = _params(mixed.model)
+    seen = []
+    hook = mixed.model.model.language_model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    mixed.fit()
+    hook.remove()
+    after = _params(mixed.model)
+    assert all(p.dtype == torch.float32 for p in after.values()) and torch.bfloat16 in seen
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert first_loss(mixed) == pytest.approx(reference, rel=2e-2)
+    mixed.cleanup()
+    with pytest.raises(ValueError, match="bf16-mixed runs with strategy 'single'"):
+        from rexthinker.train.learner import Learner, LearnerConfig, OptimConfig
+
+        Learner(torch.nn.Linear(2, 2), OptimConfig(), LearnerConfig(strategy="zero2", precision="bf16-mixed"), 1)
+
+
 def test_bad_model_path_fails_at_once_with_a_hint(make_cfg):
     with pytest.raises(SystemExit, match="model.path '/nope/model' is not a local folder and not in the local Hugging Face cache"):
         SFTTrainer(make_cfg("model.path=/nope/model"))
