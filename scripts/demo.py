@@ -212,12 +212,12 @@ def sft_precision() -> str:
     return "bf16-mixed" if native else "fp32"
 
 
-def sft(console: Console, out: Path, model_path: Path, steps: int) -> Path:
+def sft(console: Console, out: Path, model_path: Path, steps: int, precision: str) -> Path:
     data = out / "synthref"
     cmd = [sys.executable, "-m", "rexthinker.sft", "--config", "recipes/configs/sft_demo.yaml", f"model.path={model_path}",
            f"data.train=[{data / 'train' / 'cot' / 'synthref'}]", f"data.val=[{data / 'val' / 'cot' / 'synthref'}]",
            f"trainer.output_dir={out / 'sft'}", f"trainer.max_steps={steps}", "trainer.log_every=1",
-           f"learner.precision={sft_precision()}"]  # fmt: skip
+           f"learner.precision={precision}"]  # fmt: skip
     console.run(cmd, "sft (steps, then held-out evaluation)", steps, lambda: _last_step(out / "sft" / "metrics.jsonl"))
     return out / "sft" / "final"
 
@@ -351,8 +351,9 @@ def main() -> int:
         written += [out / "samples.png", out / "prompts.md"]
     checkpoints, results = {}, {}
     if "sft" in stages:
-        t0 = console.stage(f"4. SFT: {args.sft_steps} steps on SynthRef traces ({sft_precision()})")
-        checkpoints["sft"] = sft(console, out, model_path, args.sft_steps)
+        precision = sft_precision()
+        t0 = console.stage(f"4. SFT: {args.sft_steps} steps on SynthRef traces ({precision})")
+        checkpoints["sft"] = sft(console, out, model_path, args.sft_steps, precision)
         e = json.loads((out / "sft" / "eval.json").read_text())
         results["baselines"], results["sft"] = _baselines(e), _rates(e)
         rows.append(("sft", f"val format {e['format']:.3f}, F1 {e['accuracy_f1']:.3f}, rejection {e['rejection_acc']:.3f}", time.perf_counter() - t0))

@@ -253,7 +253,7 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
                        category=synthref.CATEGORY, image_size=(scene.width, scene.height))  # fmt: skip
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
     hint = HINT_LINE.format(hint=hint_json(synthref.CATEGORY, info.hint_boxes))
-    if recipe.chat in ("varied", "varied-ask") and not copy:
+    if recipe.chat != "fixed" and not copy:
         return image, varied_turns(rng, scene, info.hint_boxes, hint, ask=recipe.chat == "varied-ask")
     if copy:
         turns = [(hint + LIST, "\n".join(candidate_name(synthref.CATEGORY, k, info.hint_boxes[k]) for k in range(scene.n)))]
