@@ -39,7 +39,7 @@ from rexthinker.contracts.trace import summary_marks
 from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS
 from rexthinker.data.cot_tsv import CotTsvReader
 from rexthinker.data.errors import ErrorReport
-from rexthinker.data.grpo_parquet import iter_grpo_parquet
+from rexthinker.data.grpo_parquet import iter_grpo_parquet, parquet_frame
 from rexthinker.data.humanref import ANNOTATIONS_FILE, iter_humanref
 from rexthinker.data.sample import RefSample
 
@@ -157,6 +157,7 @@ class Inspection:
     targets: Counter = field(default_factory=Counter)  # bucket label -> samples
     hints: Counter = field(default_factory=Counter)  # hint count -> samples
     problems: list[dict] = field(default_factory=list)
+    frame: dict | None = None  # a GRPO parquet's recorded box frame (grpo_parquet.parquet_frame); None: none recorded
 
     @property
     def rejection_share(self) -> float:
@@ -172,7 +173,7 @@ class Inspection:
             "categories": dict(self.categories.most_common()),
             "targets_per_sample": {b: self.targets.get(b, 0) for b in TARGET_BUCKETS},
             "rejection_share": self.rejection_share, "hints_per_sample": dict(sorted(self.hints.items())),
-            "problem_kinds": self.problem_kinds(), "problems": self.problems,
+            "problem_kinds": self.problem_kinds(), "problems": self.problems, "frame": self.frame,
         }  # fmt: skip
 
 
@@ -185,6 +186,8 @@ def inspect_file(
     fmt, path = resolve(Path(path), fmt)
     report = ErrorReport()
     result = Inspection(str(path), fmt)
+    if fmt == "parquet":
+        result.frame = parquet_frame(path)  # a damaged record is a DataError, as a missing column is
     seen_images: set = set()
     rows = iter_samples(fmt, path, report, image_root, min_pixels, max_pixels)
     if progress:
@@ -220,6 +223,10 @@ def _histogram(counts: dict, total: int) -> str:
 def format_inspection(result: Inspection, max_problems: int = 20) -> str:
     lines = [f"{result.path} ({FORMAT_NAMES[result.format]})"]
     lines.append(f"  samples {result.samples:,}, images {result.images:,}")
+    if result.format == "parquet":
+        frame = result.frame
+        lines.append(f"  box frame: {frame['frame']} for {frame['family']} (recorded)" if frame else
+                     "  box frame: not recorded (Qwen2.5-VL's model-input pixels of --min/--max-pixels)")  # fmt: skip
     total = max(1, result.samples)
     for label, counts in (
         ("domains", result.domains),

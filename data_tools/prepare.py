@@ -30,7 +30,9 @@ A re-run with the same input and options skips finished chunks (resumable) and n
 row; other options are refused unless --overwrite.
 
 Layout under --out:
-  grpo.parquet                     GRPO rows; boxes in the model frame of --min/--max-pixels
+  grpo.parquet                     GRPO rows; boxes in --family's frame: pixels of the model frame of
+                                   --min/--max-pixels (qwen2_5_vl, the default), or 0-1000 (qwen3_vl,
+                                   qwen3_5; the frame is recorded in the file's metadata)
   humanref/annotations.jsonl + images/    HumanRef layout; boxes in original pixels
   problems.jsonl                   every dropped or changed row, with its file and line
   prepare.json                     options and summary

@@ -8,8 +8,26 @@ import os
 from pathlib import Path
 
 from data_tools.row_job import FORMATS, HINT_ORDERS, NO_MATCH, PrepareOptions
-from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS
 from rexthinker.detect import BACKENDS, BOX_THRESHOLD, TEXT_THRESHOLD, DetectorSpec
+from rexthinker.models.families import FAMILIES, QWEN2_5_VL, Family, get_family
+
+
+def add_frame_arguments(group) -> None:
+    """``--family`` and ``--min/--max-pixels``: the box frame GRPO parquet rows are written in."""
+    group.add_argument("--family", choices=sorted(FAMILIES), default=QWEN2_5_VL.name,
+                       help="model family whose box frame the parquet boxes are written in: pixels of the resized input "
+                            "(qwen2_5_vl, the default and the released layout) or 0-1000 relative (qwen3_vl, qwen3_5; "
+                            "recorded in the file)")  # fmt: skip
+    frame_help = "pixel limit of the model frame the parquet boxes are written in (default: the family's training limit)"
+    group.add_argument("--min-pixels", type=int, help=frame_help)
+    group.add_argument("--max-pixels", type=int, help=frame_help)
+
+
+def frame_from_args(args: argparse.Namespace) -> tuple[Family, int, int]:
+    """``(family, min_pixels, max_pixels)`` from :func:`add_frame_arguments`' options."""
+    family = get_family(args.family)
+    low, high = family.train_pixels
+    return family, args.min_pixels or low, args.max_pixels or high
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, candidate_choices: tuple[str, ...], default: str) -> None:
@@ -53,9 +71,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, candidate_choices: tup
         help="keep detector/input order, or shuffle per row (seeded by id)",
     )
     out = parser.add_argument_group("output")
-    frame_help = "pixel limit of the model frame the parquet boxes are written in"
-    out.add_argument("--min-pixels", type=int, default=TRAIN_MIN_PIXELS, help=frame_help)
-    out.add_argument("--max-pixels", type=int, default=TRAIN_MAX_PIXELS, help=frame_help)
+    add_frame_arguments(out)
     out.add_argument("--workers", type=int, help="processes (default: all cores; 1 with a detector)")
     out.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk")
     out.add_argument("--overwrite", action="store_true", help="discard earlier work in --out made with other options")
@@ -71,10 +87,11 @@ def options_from_args(args: argparse.Namespace) -> tuple[PrepareOptions, int]:
             box_threshold=args.box_threshold, text_threshold=args.text_threshold, nms_iou=args.nms_iou,
             top_k=args.top_k, config=args.detector_config, text_encoder=args.text_encoder, dtype=args.dtype,
         )  # fmt: skip
+    family, min_pixels, max_pixels = frame_from_args(args)
     options = PrepareOptions(
         candidates="detector" if args.candidates == "detector" else "supplied", detector=detector,
         no_match=args.no_match, match_iou=args.match_iou, clip_boxes=args.clip_boxes, hint_order=args.hint_order,
-        formats=formats, min_pixels=args.min_pixels, max_pixels=args.max_pixels, chunk_size=args.chunk_size,
+        formats=formats, min_pixels=min_pixels, max_pixels=max_pixels, family=family.name, chunk_size=args.chunk_size,
     )  # fmt: skip
     workers = args.workers or (1 if detector is not None else os.cpu_count() or 1)
     return options, workers

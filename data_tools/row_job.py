@@ -32,10 +32,11 @@ from tqdm import tqdm
 from data_tools.rows import RowProblem, RowSpec, attach_targets, fit_boxes, parse_row, shuffled_hints
 from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS
 from rexthinker.data.errors import ImageCheckError, checked_image_size
-from rexthinker.data.grpo_parquet import SCHEMA, GrpoParquetWriter, _rgb_png
+from rexthinker.data.grpo_parquet import GrpoParquetWriter, _rgb_png, schema_for
 from rexthinker.data.humanref import ANNOTATIONS_FILE, IMAGES_DIR, humanref_row
 from rexthinker.data.sample import RefSample
 from rexthinker.detect import DetectorSpec
+from rexthinker.models.families import QWEN2_5_VL, get_family
 
 FORMATS = ("parquet", "humanref")
 NO_MATCH = ("append", "replace", "drop")
@@ -64,6 +65,7 @@ class PrepareOptions:
     formats: tuple[str, ...] = FORMATS
     min_pixels: int = TRAIN_MIN_PIXELS
     max_pixels: int = TRAIN_MAX_PIXELS
+    family: str = QWEN2_5_VL.name  # the model family whose box frame the parquet rows are written in
     chunk_size: int = 256
 
     def __post_init__(self) -> None:
@@ -81,6 +83,10 @@ class PrepareOptions:
             raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        try:
+            get_family(self.family)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
 
     def digest(self) -> str:
         state = dataclasses.asdict(self)
@@ -300,7 +306,7 @@ def _write_parts(job: ChunkJob, samples: list[RefSample], images: _Images, optio
     parts = _part_paths(job.work_dir, job.index)
     if "parquet" in options.formats:
         tmp = parts["parquet"].with_name(f".{parts['parquet'].name}.tmp")
-        with GrpoParquetWriter(tmp, options.min_pixels, options.max_pixels) as writer:
+        with GrpoParquetWriter(tmp, options.min_pixels, options.max_pixels, family=get_family(options.family)) as writer:
             for s in samples:
                 writer.write(dataclasses.replace(s, image_bytes=images.png_bytes(s.image_name)))
         os.replace(tmp, parts["parquet"])
@@ -473,9 +479,10 @@ def _merge(out_dir: Path, work_dir: Path, options: PrepareOptions, done: dict[in
     os.replace(out_dir / f".{PROBLEMS_FILE}.tmp", out_dir / PROBLEMS_FILE)
     if "parquet" in options.formats:
         tmp = out_dir / f".{GRPO_FILE}.tmp"
-        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+        schema = schema_for(get_family(options.family), options.min_pixels, options.max_pixels)
+        with pq.ParquetWriter(tmp, schema) as writer:
             for i in indices:
-                table = pq.read_table(_part_paths(work_dir, i)["parquet"], schema=SCHEMA)
+                table = pq.read_table(_part_paths(work_dir, i)["parquet"], schema=schema)
                 if table.num_rows:
                     writer.write_table(table)
         os.replace(tmp, out_dir / GRPO_FILE)

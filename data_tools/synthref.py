@@ -9,7 +9,8 @@ written by rule rather than by GPT-4o.
 Layout under --out:
   <split>/humanref/annotations.jsonl + images/   (HumanRef benchmark layout, with masks)
   <split>/cot/synthref.{images,annotations}.tsv + .lineidx   (HumanRef-CoT layout)
-  <split>/grpo/synthref.parquet   (GRPO rows; boxes in the model frame of --min/max-pixels)
+  <split>/grpo/synthref.parquet   (GRPO rows; boxes in --family's frame: the model frame of
+                                  --min/--max-pixels for qwen2_5_vl, 0-1000 for qwen3_vl and qwen3_5)
   synthref.json   (seed, counts, config, statistics)
 
 Example:
@@ -19,7 +20,8 @@ A named level sets several at once: --level demo (what make demo trains: small i
 with their hint numbers drawn on, traces that state each candidate's box). Generator settings are
 then overridden with trailing key=value pairs (JSON values), e.g.
   ... persons=[3,6] domain_weights.rejection=0.2
-  ... trace_boxes=true   (each trace line states its box in the --min/--max-pixels model frame)
+  ... trace_boxes=true   (each trace line states its box in the --min/--max-pixels model frame;
+                          Qwen2.5-VL's pixels only, refused with a 0-1000 --family)
   ... marks=true         (each person's hint number drawn on the torso)
 """
 
@@ -36,7 +38,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS
+from data_tools.row_args import add_frame_arguments, frame_from_args
+from rexthinker.coords import MODEL_PIXELS
 from rexthinker.data.cot_tsv import CotTsvWriter
 from rexthinker.data.grpo_parquet import GrpoParquetWriter
 from rexthinker.data.humanref import HumanRefWriter
@@ -54,23 +57,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", type=int, default=200, help="test samples (default 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
-    frame_help = "pixel limit of the model frame the parquet boxes are written in"
-    parser.add_argument("--min-pixels", type=int, default=TRAIN_MIN_PIXELS, help=frame_help)
-    parser.add_argument("--max-pixels", type=int, default=TRAIN_MAX_PIXELS, help=frame_help)
+    add_frame_arguments(parser)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="generator processes")
     parser.add_argument("--level", default="full", choices=list(LEVELS),
                         help="named generator settings: full (default) or demo (small images, 2-4 marked people, boxes in traces)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="SynthRefConfig overrides")
 
 
-def _open_writers(split_dir: Path, formats: list[str], args: argparse.Namespace) -> list:
+def _open_writers(split_dir: Path, formats: list[str], frame: tuple) -> list:
+    family, min_pixels, max_pixels = frame
     writers = []
     if "humanref" in formats:
         writers.append(HumanRefWriter(split_dir / "humanref"))
     if "cot" in formats:
         writers.append(CotTsvWriter(split_dir / "cot" / "synthref"))
     if "parquet" in formats:
-        writers.append(GrpoParquetWriter(split_dir / "grpo" / "synthref.parquet", args.min_pixels, args.max_pixels))
+        writers.append(GrpoParquetWriter(split_dir / "grpo" / "synthref.parquet", min_pixels, max_pixels, family=family))
     return writers
 
 
@@ -79,10 +81,17 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise SystemExit(f"unknown formats {unknown}; choose from {','.join(FORMATS)}")
+    family, min_pixels, max_pixels = frame = frame_from_args(args)
     try:
-        config = level_config(args.level, args.overrides, frame=(args.min_pixels, args.max_pixels))
+        config = level_config(args.level, args.overrides, frame=(min_pixels, max_pixels))
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+    if config.trace_boxes and family.frame != MODEL_PIXELS:
+        raise SystemExit(
+            f"trace_boxes (on at --level {args.level} or set) writes traces that state boxes in Qwen2.5-VL's model-input "
+            f"pixels, but --family {family.name} reads boxes in its {family.frame} frame; such traces are not converted, "
+            "so use trace_boxes=false (and marks for the demo level) or --family qwen2_5_vl"
+        )
     counts = {split: getattr(args, split) for split in SPLITS}
     if any(n < 0 for n in counts.values()):
         raise SystemExit("sample counts must be >= 0")
@@ -98,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 split_start = time.perf_counter()
                 domains: Counter = Counter()
                 targets = []
-                writers = _open_writers(args.out / split, formats, args)
+                writers = _open_writers(args.out / split, formats, frame)
                 try:
                     for chunk in iter_chunks(num, args.seed, config, split, args.workers, pool=pool):
                         for sample in chunk:
@@ -127,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "counts": counts,
         "formats": formats,
-        "min_pixels": args.min_pixels,
-        "max_pixels": args.max_pixels,
+        "family": family.name,
+        "frame": family.frame,
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
         "config": dataclasses.asdict(config),
         "stats": stats,
     }

@@ -60,7 +60,6 @@ from evaluation.metric import evaluate
 from evaluation.metric_inputs import GroundTruth, PredictionFile, load_predictions
 from evaluation.metric_report import markdown_report, write_report
 from evaluation.metric_results import CORRECTED_SUFFIX, MODES
-from rexthinker.coords import EVAL_MIN_PIXELS, TRAIN_MAX_PIXELS
 from rexthinker.data.errors import checked_image_size
 from rexthinker.data.humanref import read_humanref
 from rexthinker.data.sample import RefSample
@@ -86,8 +85,8 @@ class RunConfig:
     family: str | None = None  # the model family whose box frame prompts use; None: the checkpoint's own
     template: str = "humanref_eval"
     instruction: str = "system"
-    min_pixels: int = EVAL_MIN_PIXELS
-    max_pixels: int = TRAIN_MAX_PIXELS
+    min_pixels: int | None = None  # None: the family's HumanRef limit (256 image tokens; EVAL_MIN_PIXELS for Qwen2.5-VL)
+    max_pixels: int | None = None  # None: the family's 1280 image tokens (TRAIN_MAX_PIXELS for Qwen2.5-VL)
     max_new_tokens: int = 2048
     batch_size: int = 64
     num_workers: int | None = None  # None: one per GPU of the Ray cluster, 1 without GPUs; 0: no Ray
@@ -308,7 +307,9 @@ def run(cfg: RunConfig, engine=None) -> dict:
     """Generate the missing predictions, score them, write the reports; return the run record
     (also in ``run.json``), with the metric results under ``"results"``. ``engine`` (an already
     built ``vllm.LLM`` or transformers model) runs in this process instead of loading one."""
-    model_family(cfg.model, cfg.family)  # a recorded box frame that disagrees stops the run here
+    family = model_family(cfg.model, cfg.family)  # a recorded box frame that disagrees stops the run here
+    if cfg.min_pixels is None or cfg.max_pixels is None:  # contracts §1.6's limits, as image tokens of this family
+        cfg = dataclasses.replace(cfg, min_pixels=cfg.min_pixels or family.eval_min_pixels, max_pixels=cfg.max_pixels or family.train_pixels[1])
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     record = _read_record(out / RUN_FILE, cfg)
@@ -472,8 +473,8 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     p.add_argument("--template", choices=("humanref_eval", "train"), default=d.template, help="user text variant")
     p.add_argument("--instruction", choices=("system", "user_suffix", "none"), default=d.instruction,
                    help="where THINK_PROMPT goes (the released model: system)")  # fmt: skip
-    p.add_argument("--min-pixels", type=int, default=d.min_pixels)
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels)
+    p.add_argument("--min-pixels", type=int, default=d.min_pixels, help="default: 256 image tokens of the model's family")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="default: 1280 image tokens of the model's family")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per chunk (one write each)")
     p.add_argument("--num-workers", type=int, default=None,

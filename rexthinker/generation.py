@@ -13,6 +13,12 @@ builds its vLLM engine from :func:`engine_settings` and sends :func:`resize_kwar
 request, so the prompts are identical by construction. The model family (``family``, Qwen2.5-VL by
 default; :func:`rexthinker.models.families.model_family` decides it for a checkpoint) sets the box
 frame of the hints and the patch size the checks count with.
+
+A chat template's generation prompt may already open the assistant turn (Qwen3.5's thinking
+template ends it with ``<think>\\n``). :func:`to_generate` is the one function that cuts that opening off
+an assistant turn (the SFT target), and :func:`assistant_turn` the one that puts it back in front of
+a completion (what rewards, metrics and answers read), so a model is trained on exactly the
+tokens it then generates and is scored on the whole turn.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 from PIL import Image
 
 from rexthinker.data.sample import RefSample
-from rexthinker.models.families import QWEN2_5_VL, Family
+from rexthinker.models.families import QWEN2_5_VL, Family, model_family
 from rexthinker.prompts import PromptInfo, build_messages, pixel_limits
 from rexthinker.train.dist import resolve_dtype
 
@@ -36,8 +42,8 @@ class Generation:
     sample: RefSample
     info: PromptInfo
     prompt: str  # the chat-template text given to the model
-    text: str  # the completion
-    num_tokens: int
+    text: str  # the assistant turn: what the prompt opened (assistant_turn), then the completion
+    num_tokens: int  # generated tokens
 
 
 class FrameMismatch(RuntimeError):
@@ -90,20 +96,54 @@ def render(samples: Sequence[RefSample], processor, template: str = "train", ins
     return [render_request(sample, processor, template, instruction, family=family) for sample in samples]
 
 
+ASSISTANT_HEADER = "<|im_start|>assistant\n"  # where the generation prompt of every Qwen chat template starts the turn
+
+
+def opened_turn(prompt: str) -> str:
+    """What the generation prompt ending ``prompt`` already wrote of the assistant turn: "" for
+    Qwen2.5-VL and Qwen3-VL, ``"<think>\\n"`` for Qwen3.5's thinking template."""
+    _, header, opened = prompt.rpartition(ASSISTANT_HEADER)
+    if not header:
+        raise ValueError(f"the prompt does not end with an assistant turn ({ASSISTANT_HEADER!r}): ...{prompt[-80:]!r}")
+    return opened
+
+
+def to_generate(prompt: str, turn: str) -> str:
+    """The part of the assistant ``turn`` the model writes after ``prompt``: ``turn`` without what the
+    generation prompt opened (the whitespace the template puts after an opened tag is the template's).
+    A turn that does not start the way the template opened it is refused."""
+    opened = opened_turn(prompt)
+    tag = opened.rstrip()
+    if not turn.startswith(tag):
+        raise ValueError(f"the chat template opens the assistant turn with {opened!r}, but the turn starts with {turn[:40]!r}")
+    return turn[len(tag) :].removeprefix(opened[len(tag) :])
+
+
+def assistant_turn(prompt: str, generated: str) -> str:
+    """The whole assistant turn of a completion ``generated`` after ``prompt``: what the generation
+    prompt opened, then the generated text."""
+    return opened_turn(prompt) + generated
+
+
 def resize_kwargs(min_pixels: int, max_pixels: int) -> dict:
     """vLLM's per-request ``mm_processor_kwargs`` that resize an image within these pixel limits."""
     return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
 
 
 def engine_settings(
-    model: str, *, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None, enforce_eager: bool | None = None,
-    tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None, cpu_kv_cache_gib: float = 1.0,
-    sleep: bool = False, extra: dict | None = None,
+    model: str, *, family: Family | None = None, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
+    enforce_eager: bool | None = None, tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
+    cpu_kv_cache_gib: float = 1.0, sleep: bool = False, extra: dict | None = None,
 ) -> dict:  # fmt: skip
     """The keyword arguments of ``vllm.LLM`` for a referring model: one image per prompt, ``dtype``
-    "auto" = bf16 on CUDA and fp32 on CPU, eager mode on CPU unless ``enforce_eager`` says otherwise,
-    the CPU backend's fixes below, then ``extra`` as given. None leaves vLLM's default."""
+    "auto" = bf16 on CUDA and fp32 on CPU (or the family's only CPU dtype, ``Family.vllm_cpu_dtype``),
+    eager mode on CPU unless ``enforce_eager`` says otherwise, the CPU backend's fixes below, then
+    ``extra`` as given. None leaves vLLM's default. ``family`` is the checkpoint's architecture
+    (None: read from ``model``'s config, :func:`~rexthinker.models.families.model_family`)."""
     cuda = torch.cuda.is_available()
+    family = family or model_family(model)
+    if dtype == "auto" and not cuda and family.vllm_cpu_dtype:
+        dtype = family.vllm_cpu_dtype
     kwargs = dict(model=str(model), dtype=resolve_dtype(dtype), seed=seed, limit_mm_per_prompt={"image": 1, "video": 0},
                   tensor_parallel_size=tensor_parallel_size, enforce_eager=not cuda if enforce_eager is None else enforce_eager)  # fmt: skip
     if max_model_len is not None:
@@ -120,6 +160,8 @@ def engine_settings(
         # An explicit size, not vLLM's default share of RAM (0.92), which fails at start-up as
         # soon as other processes (Ray, the learner, the page cache) hold more than 8% of it.
         kwargs["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * 2**30)
+        if family.hybrid:  # vLLM caches a hybrid model's prefixes in "align" mode, which needs chunked prefill
+            kwargs["enable_prefix_caching"] = False
     if sleep:
         kwargs["enable_sleep_mode"] = True
     kwargs.update(extra or {})
@@ -167,7 +209,7 @@ def hf_generate(
             ids = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]
             for r, row in zip(chunk, ids):
                 row = row[row != tokenizer.pad_token_id]
-                text = tokenizer.decode(row, skip_special_tokens=True)
+                text = assistant_turn(r.prompt, tokenizer.decode(row, skip_special_tokens=True))
                 out.append(Generation(r.sample, r.info, r.prompt, text, int(row.numel())))
     finally:
         tokenizer.padding_side = side
@@ -190,5 +232,5 @@ def vllm_generate(
     for r, result in zip(rendered, results):
         check_image_tokens(r.info, sum(1 for t in result.prompt_token_ids if t == image_token))
         completion = result.outputs[0]
-        out.append(Generation(r.sample, r.info, r.prompt, completion.text, len(completion.token_ids)))
+        out.append(Generation(r.sample, r.info, r.prompt, assistant_turn(r.prompt, completion.text), len(completion.token_ids)))
     return out

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from rexthinker.contracts.completion import ParsedCompletion, parse_completion
 from rexthinker.contracts.trace import Trace, parse_trace
-from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS, to_original_frame
+from rexthinker.coords import to_original_frame
 from rexthinker.data.sample import RefSample, encode_png
 from rexthinker.detect.base import Detector
 from rexthinker.generation import Generation, hf_generate, new_engine, vllm_generate
@@ -143,12 +143,14 @@ class Referrer:
     other pixel limits is fine (the limits travel with each request). ``engine_kwargs`` go to
     ``vllm.LLM`` (``max_model_len``, ``gpu_memory_utilization``, ...). ``family`` names the model family
     whose box frame the prompts use; by default the checkpoint's own, and a frame the checkpoint's
-    folder records must agree (:func:`~rexthinker.models.families.model_family`).
+    folder records must agree (:func:`~rexthinker.models.families.model_family`). ``min_pixels`` /
+    ``max_pixels`` default to that family's training limits (:attr:`Family.train_pixels`: 16 to 1280
+    image tokens, 28 x 28 pixels each for Qwen2.5-VL, 32 x 32 for Qwen3-VL and Qwen3.5).
     """
 
     def __init__(
         self, model: str | os.PathLike, backend: str = "vllm", *, template: str = "train", instruction: str = "system",
-        min_pixels: int = TRAIN_MIN_PIXELS, max_pixels: int = TRAIN_MAX_PIXELS, max_new_tokens: int = 2048,
+        min_pixels: int | None = None, max_pixels: int | None = None, max_new_tokens: int = 2048,
         batch_size: int = 8, engine=None, engine_kwargs: dict | None = None, seed: int = 0, family: str | None = None,
     ):  # fmt: skip
         if backend not in BACKENDS:
@@ -160,7 +162,10 @@ class Referrer:
         self.instruction = instruction
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.processor = load_processor(model, min_pixels, max_pixels)
+        default_min, default_max = self.family.train_pixels
+        self.min_pixels = default_min if min_pixels is None else min_pixels
+        self.max_pixels = default_max if max_pixels is None else max_pixels
+        self.processor = load_processor(model, self.min_pixels, self.max_pixels)
         self.engine = engine if engine is not None else self._load(engine_kwargs or {}, seed)
 
     def _load(self, engine_kwargs: dict, seed: int):

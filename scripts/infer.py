@@ -21,7 +21,8 @@ left and the predicted boxes on the right, with the summary lines below; unlike 
 tool it draws the marks (as vector shapes) and scales labels to the image.
 
 Defaults are the reference demo's: the training user text, THINK_PROMPT as the system message,
-pixel limits 16*28*28 .. 1280*28*28, greedy decoding; the vLLM backend.
+pixel limits of 16 .. 1280 image tokens (16*28*28 .. 1280*28*28 for Qwen2.5-VL, 16*32*32 ..
+1280*32*32 for Qwen3-VL and Qwen3.5: the checkpoint's family decides), greedy decoding; the vLLM backend.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS
-
+PIXELS_HELP = "image pixel limit (default: the checkpoint family's training limit, 16 / 1280 image tokens)"
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,8 +49,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vis", required=True, help="where to save the picture (PNG)")
     p.add_argument("--backend", choices=("vllm", "hf"), default="vllm")
     p.add_argument("--template", choices=("train", "humanref_eval"), default="train", help="user text variant")
-    p.add_argument("--min-pixels", type=int, default=TRAIN_MIN_PIXELS)
-    p.add_argument("--max-pixels", type=int, default=TRAIN_MAX_PIXELS)
+    p.add_argument("--min-pixels", type=int, help=PIXELS_HELP)
+    p.add_argument("--max-pixels", type=int, help=PIXELS_HELP)
     p.add_argument("--max-new-tokens", type=int, default=2048)
     return p.parse_args(argv)
 

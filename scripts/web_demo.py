@@ -22,8 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from rexthinker.coords import TRAIN_MAX_PIXELS, TRAIN_MIN_PIXELS
-
+PIXELS_HELP = "image pixel limit (default: the checkpoint family's training limit, 16 / 1280 image tokens)"
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,8 +32,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="hf streams the trace; vllm answers at once")
     p.add_argument("--template", choices=("train", "humanref_eval"), default="train", help="user text variant")
-    p.add_argument("--min-pixels", type=int, default=TRAIN_MIN_PIXELS)
-    p.add_argument("--max-pixels", type=int, default=TRAIN_MAX_PIXELS)
+    p.add_argument("--min-pixels", type=int, help=PIXELS_HELP)
+    p.add_argument("--max-pixels", type=int, help=PIXELS_HELP)
     p.add_argument("--max-new-tokens", type=int, default=2048)
     p.add_argument("--examples", type=int, default=4, help="how many SynthRef scenes to offer as examples")
     return p.parse_args(argv)

@@ -180,3 +180,36 @@ def test_command_line_prints_and_saves_png(sample, tiny_model_path, tmp_path, ca
     assert f"{len(sample.candidate_boxes)} candidates" in out and "answer" in out and "saved" in out
     with Image.open(vis) as written:
         assert written.format == "PNG" and written.width > 1000
+
+
+def test_pixel_limits_default_to_the_checkpoints_family(sample, tmp_path, capsys):
+    """Without --min/--max-pixels a Qwen3-VL checkpoint is fed at its own family's limits (16..1280
+    tokens of 32 x 32 pixels), not Qwen2.5-VL's 28 x 28 constants; explicit limits still win."""
+    from rexthinker.coords import RELATIVE_1000
+    from rexthinker.models import tiny
+    from rexthinker.models.families import QWEN2_5_VL
+    from rexthinker.prompts import pixel_limits
+
+    model = tiny.get("tiny", "qwen3_vl")
+    referrer = Referrer(model, "hf", max_new_tokens=4)
+    assert (referrer.min_pixels, referrer.max_pixels) == pixel_limits(referrer.processor) == QWEN3_VL.train_pixels
+    assert QWEN3_VL.train_pixels == (16 * 32 * 32, 1280 * 32 * 32) != QWEN2_5_VL.train_pixels
+    image = sample.load_image()
+    result = referrer.refer(image, "person", sample.referring, boxes=sample.candidate_boxes)
+    assert result.info.model_size == model_frame_size(*image.size, *QWEN3_VL.train_pixels, factor=QWEN3_VL.factor)
+    assert result.info.frame.kind == RELATIVE_1000 and 0 < result.num_tokens <= 4
+    explicit = Referrer(model, "hf", max_new_tokens=4, min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, engine=referrer.engine)
+    assert pixel_limits(explicit.processor) == (4 * 32 * 32, 64 * 32 * 32)
+
+    spec = importlib.util.spec_from_file_location("infer_cli", ROOT / "scripts" / "infer.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert (cli.parse_args(["--model", "m", "--image", "i", "--referring", "r", "--boxes", "b", "--vis", "v"]).min_pixels) is None
+    image_path, boxes_path = tmp_path / "scene.png", tmp_path / "boxes.json"
+    image.save(image_path)
+    boxes_path.write_text(json.dumps(sample.candidate_boxes))
+    cli.main(["--model", str(model), "--image", str(image_path), "--referring", sample.referring, "--boxes", str(boxes_path),
+              "--vis", str(tmp_path / "vis.png"), "--backend", "hf", "--max-new-tokens", "4"])  # fmt: skip
+    hints = [[int(v) for v in b] for b in prompt_boxes(sample, *QWEN3_VL.train_pixels, family=QWEN3_VL).hint_boxes]
+    assert "saved" in capsys.readouterr().out and (tmp_path / "vis.png").exists()
+    assert hints == result.info.hint_boxes

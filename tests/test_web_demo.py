@@ -213,3 +213,24 @@ def test_without_pasted_boxes_the_detector_proposes_them(referrer, examples):
     found = f"{len(proposed)} candidate" if proposed else "no person found by the detector"
     assert found in views[0].status and views[-1].result is not None
     assert json.loads(views[-1].answer)["candidate_boxes"] == web_demo._rounded(proposed)
+
+
+def test_a_qwen3_vl_checkpoint_is_served_at_its_familys_pixel_limits(examples):
+    """scripts/web_demo.py passes no pixel limits unless given, so the page feeds a Qwen3-VL checkpoint
+    at Qwen3-VL's (32 x 32-pixel tokens) and writes its hints in 0-1000."""
+    from rexthinker.coords import RELATIVE_1000, model_frame_size
+    from rexthinker.models import tiny
+    from rexthinker.models.families import QWEN3_VL
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import web_demo as cli
+
+    args = cli.parse_args(["--model", "tiny"])
+    assert args.min_pixels is None and args.max_pixels is None
+    referrer = Referrer(tiny.get("tiny", "qwen3_vl"), "hf", min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_new_tokens=4)
+    path, category, referring, boxes = examples[0]
+    last = list(answer(referrer, path, category, referring, boxes))[-1]
+    size = Image.open(path).size
+    assert last.result.info.model_size == model_frame_size(*size, *QWEN3_VL.train_pixels, factor=32)
+    assert last.result.info.frame.kind == RELATIVE_1000
+    assert last.result.raw == referrer.refer(Image.open(path).convert("RGB"), category, referring, json.loads(boxes)).raw

@@ -1,4 +1,5 @@
-"""Tensor names: one rename table per input layout, and the strict check against the model's own names.
+"""Tensor names: one rename table per model family and input layout, and the strict check against the
+model's own names.
 
 Every layout's names are brought to the names the model has in memory under transformers 5
 (``model.language_model.*``, ``model.visual.*``, ``lm_head.*``) by the rules below, applied in
@@ -15,6 +16,8 @@ import re
 from dataclasses import dataclass
 
 import torch
+
+from rexthinker.models.families import QWEN2_5_VL, QWEN3_5, QWEN3_VL, Family, family_for_model_type
 
 
 class ConversionError(ValueError):
@@ -35,18 +38,36 @@ QWEN25VL_ON_DISK = (
     Rule(r"^visual\.", "model.visual.", "vision tower: visual.* -> model.visual.*"),
     Rule(r"^model\.(?!visual\.|language_model\.)", "model.language_model.", "text model: model.* -> model.language_model.*"),
 )
+# Qwen3-VL and Qwen3.5 were released with the nested names, which transformers also writes and holds
+# in memory: their files need no renaming.
+QWEN3_ON_DISK: tuple[Rule, ...] = ()
 
 # Wrapper prefixes FSDP, activation checkpointing and torch.compile put into parameter names.
 WRAPPERS = (
     Rule(r"(^|\.)(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.", r"\1", "drop FSDP/checkpoint/compile wrappers"),
 )
 
-LAYOUT_RULES: dict[str, tuple[Rule, ...]] = {
-    "hf": QWEN25VL_ON_DISK,  # safetensors written by transformers 4.x or 5.x
-    "learner": (),  # our single-process learner.pt: model.state_dict() of transformers 5, as is
-    "deepspeed": (),  # our ZeRO states: DeepSpeed records the in-memory parameter names
-    "reference": WRAPPERS + QWEN25VL_ON_DISK,  # the reference trainer's per-rank FSDP state dicts
+# Per model family, per input layout (rexthinker.convert.layouts): the rules that bring the names to the model's.
+LAYOUT_RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
+    QWEN2_5_VL.name: {
+        "hf": QWEN25VL_ON_DISK,  # safetensors written by transformers 4.x or 5.x
+        "learner": (),  # our single-process learner.pt: model.state_dict() of transformers 5, as is
+        "deepspeed": (),  # our ZeRO states: DeepSpeed records the in-memory parameter names
+        "reference": WRAPPERS + QWEN25VL_ON_DISK,  # the reference trainer's per-rank FSDP state dicts
+    },
+    # The reference trainer trains Qwen2.5-VL only: the Qwen3 families have no reference layout.
+    QWEN3_VL.name: {"hf": QWEN3_ON_DISK, "learner": (), "deepspeed": ()},
+    QWEN3_5.name: {"hf": QWEN3_ON_DISK, "learner": (), "deepspeed": ()},
 }
+
+
+def layout_rules(family: Family, layout: str) -> tuple[Rule, ...]:
+    """The rename rules of ``layout`` for checkpoints of ``family``; a layout the family has none for
+    is a :class:`ConversionError`."""
+    table = LAYOUT_RULES.get(family.name, {})
+    if layout not in table:
+        raise ConversionError(f"no {layout!r} layout for {family.name} checkpoints (tensor-name rules for: {', '.join(sorted(table))})")
+    return table[layout]
 
 
 def rename(name: str, rules: tuple[Rule, ...]) -> str:
@@ -80,6 +101,7 @@ class Skeleton:
         with torch.device("meta"):
             model = AutoModelForImageTextToText.from_config(config)
         self.config = config
+        self.family = family_for_model_type(config.model_type)  # whose rename rules its files are read with
         self.shapes: dict[str, torch.Size] = {k: v.shape for k, v in model.state_dict().items()}
         groups: dict[int, list[str]] = {}
         for name, param in model.named_parameters(remove_duplicate=False):

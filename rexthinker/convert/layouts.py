@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from rexthinker.convert.keys import LAYOUT_RULES, ConversionError, rename_all
+from rexthinker.convert.keys import ConversionError, layout_rules, rename_all
 from rexthinker.convert.reference import RANK_FILE, merge
 from rexthinker.models import lora
+from rexthinker.models.families import Family, family_of
 from rexthinker.train.checkpoint import UnsafeCheckpointError, check_pickles
 
 LAYOUTS = ("hf", "learner", "deepspeed", "reference", "adapter")
@@ -41,6 +42,11 @@ class Source:
     hf_files: Path  # config.json, generation config and processor files
     notes: list[str] = field(default_factory=list)
     trust_pickle: bool = False  # let DeepSpeed unpickle its files unchecked (see checkpoint.check_pickles)
+
+    @property
+    def family(self) -> Family:
+        """The model family of the checkpoint (``hf_files``' config), whose rules rename its tensors."""
+        return family_of(self.hf_files)
 
 
 def _has_rank_files(folder: Path) -> bool:
@@ -133,7 +139,7 @@ def read_hf(source: Source, shapes) -> tuple[dict, dict]:
             if name in raw:
                 raise ConversionError(f"{source.path}: {name!r} is stored twice")
             raw[name] = tensor
-    return _renamed(raw, "hf", str(source.path))
+    return _renamed(raw, source)
 
 
 def read_learner(source: Source, shapes) -> tuple[dict, dict]:
@@ -143,7 +149,7 @@ def read_learner(source: Source, shapes) -> tuple[dict, dict]:
     if lora.adapter_state(state["model"]):
         raise ConversionError(f"{source.path} holds LoRA adapters only (the base stays frozen): convert the step folder "
                               "(its hf/ is the merged model), or its adapter/ with --layout adapter")  # fmt: skip
-    return _renamed(state["model"], "learner", str(source.path))
+    return _renamed(state["model"], source)
 
 
 def read_deepspeed(source: Source, shapes) -> tuple[dict, dict]:
@@ -166,11 +172,11 @@ def read_deepspeed(source: Source, shapes) -> tuple[dict, dict]:
     with contextlib.redirect_stdout(io.StringIO()):  # the helper prints its progress
         state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
     source.notes.append(f"DeepSpeed ZeRO-{stage} states of {ranks} ranks, rebuilt as full fp32 master weights")
-    return _renamed(dict(state), "deepspeed", str(source.path))
+    return _renamed(dict(state), source)
 
 
 def read_reference(source: Source, shapes) -> tuple[dict, dict]:
-    merged, names, counts = merge(source.path, shapes)
+    merged, names, counts = merge(source.path, shapes, layout_rules(source.family, "reference"))
     source.notes.append("reference rank files: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     return merged, names
 
@@ -187,8 +193,9 @@ def read_adapter(source: Source, shapes) -> tuple[dict, dict]:
     return merged, names
 
 
-def _renamed(raw: dict, layout: str, where: str) -> tuple[dict, dict]:
-    mapping = rename_all(raw.keys(), LAYOUT_RULES[layout], where)
+def _renamed(raw: dict, source: Source) -> tuple[dict, dict]:
+    """``raw`` under model names (the rules of the source's family and layout), and the file name of each."""
+    mapping = rename_all(raw.keys(), layout_rules(source.family, source.layout), str(source.path))
     return {mapping[k]: v for k, v in raw.items()}, {v: k for k, v in mapping.items()}
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from rexthinker.convert.keys import LAYOUT_RULES, ConversionError, rename_all, shown
+from rexthinker.convert.keys import ConversionError, Rule, rename_all, shown
 
 RANK_FILE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 
@@ -86,8 +86,10 @@ def infer_placement(full: torch.Size, local: list[torch.Size]) -> Placement | No
     return candidates[0] if len(candidates) == 1 else None
 
 
-def merge(folder: Path, shapes: dict[str, torch.Size]) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, int]]:
-    """Merged tensors under model names, the file name of each, and how many were sharded per dim."""
+def merge(folder: Path, shapes: dict[str, torch.Size], rules: tuple[Rule, ...]
+          ) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, int]]:  # fmt: skip
+    """Merged tensors under model names (``rules``: the family's reference layout), the file name of
+    each, and how many were sharded per dim."""
     import torch.distributed.tensor  # noqa: F401  (registers DTensor, which files written by FSDP2 hold)
 
     files = rank_files(folder)
@@ -97,7 +99,7 @@ def merge(folder: Path, shapes: dict[str, torch.Size]) -> tuple[dict[str, torch.
         if not isinstance(state, dict):
             raise ConversionError(f"{path.name}: expected a state dict, found {type(state).__name__}")
         states.append(state)
-        mappings.append(rename_all(state.keys(), LAYOUT_RULES["reference"], path.name))
+        mappings.append(rename_all(state.keys(), rules, path.name))
     names = list(states[0])
     for r, (path, state) in enumerate(zip(files, states)):
         for name in names:

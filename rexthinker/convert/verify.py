@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from rexthinker.convert.keys import QWEN25VL_ON_DISK, ConversionError, Skeleton, rename
+from rexthinker.convert.keys import ConversionError, Skeleton, layout_rules, rename
 
 SAME_DTYPE_TOL = 1e-5
 CHANGED_DTYPE_RTOL = 0.05
@@ -78,10 +78,11 @@ def check_files(folder: Path, skeleton: Skeleton, dtype: torch.dtype) -> int:
         if listed != [f.name for f in files]:
             raise ConversionError(f"{index}: lists {listed}, the folder holds {[f.name for f in files]}")
     seen: dict[str, str] = {}
+    rules = layout_rules(skeleton.family, "hf")
     for file in files:
         with safe_open(str(file), "pt") as handle:
             for key in handle.keys():
-                name = rename(key, QWEN25VL_ON_DISK)
+                name = rename(key, rules)
                 if name in seen:
                     raise ConversionError(f"{folder}: {name!r} stored in both {seen[name]} and {file.name}")
                 seen[name] = file.name

@@ -2,7 +2,8 @@
 
 - ``<prefix>`` or ``<prefix>.annotations.tsv``: HumanRef-CoT TSV trio (seeks, never scans);
 - ``*.jsonl``: HumanRef annotations (images resolved next to the file, under ``images/``);
-- ``*.parquet``: GRPO rows (boxes stay in the model frame of the given pixel limits).
+- ``*.parquet``: GRPO rows (boxes stay in the frame the file records, 0-1000 for Qwen3-VL / Qwen3.5,
+  or else in Qwen2.5-VL's model frame of the given pixel limits).
 
 Several paths are concatenated (HumanRef-CoT's main and rejection files, say). Every row is read
 and checked when a file is opened, the CoT TSV's lazy reader included, so a bad row shows before a

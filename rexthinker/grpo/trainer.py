@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rexthinker.config import save_config, to_dict
+from rexthinker.config import ConfigError, save_config, to_dict
 from rexthinker.data.sources import Head, open_samples, open_training_samples
 from rexthinker.generation import render_request
 from rexthinker.grpo import actors
@@ -200,6 +200,27 @@ def _rendezvous() -> tuple[str, int]:
     return ray.util.get_node_ip_address(), port
 
 
+def warn_frame_mismatch(paths: Sequence[str], family) -> list[str]:
+    """Warn, per GRPO parquet of ``paths`` written in another box frame than ``family``'s, that its
+    boxes are re-encoded at every read (one more rounding), and how to write it in the model's frame.
+    Returns the warnings."""
+    from rexthinker.coords import MODEL_PIXELS
+    from rexthinker.data.grpo_parquet import parquet_frame
+
+    out = []
+    for path in map(str, paths):
+        if not (path.endswith(".parquet") and Path(path).is_file()):
+            continue
+        record = parquet_frame(path)
+        written = record["frame"] if record else MODEL_PIXELS
+        if written != family.frame:
+            out.append(f"[grpo] warning: {path} holds boxes in the {written} frame, the model ({family.name}) reads "
+                       f"{family.frame}: they are re-encoded from it, one more rounding; write the data with "
+                       f"--family {family.name} to avoid it")  # fmt: skip
+            print(out[-1], flush=True)
+    return out
+
+
 class GRPOTrainer:
     """setup -> fit (train_step x N) -> save -> evaluate -> cleanup."""
 
@@ -222,7 +243,12 @@ class GRPOTrainer:
         set_pixel_limits(self.processor, cfg.model.min_pixels, cfg.model.max_pixels)
         self.min_pixels, self.max_pixels = pixel_limits(self.processor)
         self.family = model_family(cfg.model.path)  # the box frame of every prompt and reward
+        if self.family.hybrid and cfg.algorithm.share_prompts:
+            raise ConfigError(f"algorithm.share_prompts=true runs the responses on the prompt's cache, whose linear-attention "
+                              f"states a hybrid model ({self.family.name}) updates in place, which breaks the backward pass: "
+                              "set algorithm.share_prompts=false")  # fmt: skip
         self.samples = open_training_samples(cfg.data, self.out, "grpo", min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        warn_frame_mismatch(cfg.data.train, self.family)
         if cfg.data.max_samples:
             self.samples = [self.samples[i] for i in range(min(cfg.data.max_samples, len(self.samples)))]
         self.reward = cfg.reward.load()  # with reward.timeout_s, in a worker process of its own

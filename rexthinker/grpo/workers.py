@@ -45,6 +45,7 @@ class PolicyWorker:
         self.cfg = cfg
         adapters = cfg.model.lora.enabled  # a resumed LoRA run starts from the base; its learner state holds the adapters
         model, self.processor = load_policy(cfg.model.path if adapters else model_path or cfg.model.path, cfg.model)
+        torch.manual_seed(cfg.trainer.seed)  # LoRA draws its A matrices here: the same in every rank and every run (as SFT seeds)
         self.learner = Learner(lora.attach(model, cfg.model.lora), cfg.optim, cfg.learner, total_steps)
         self.reference = None
         if cfg.algorithm.kl_coef > 0 and adapters:

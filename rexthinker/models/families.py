@@ -43,6 +43,8 @@ class Family:
     frame: str  # coords.MODEL_PIXELS or coords.RELATIVE_1000: what hint and answer coordinates mean
     projector_prefixes: tuple[str, ...]  # ``model.visual`` submodules that form the projector (freezing)
     mrope_interleaved: bool  # T/H/W rotary sections interleaved; vLLM reads it from rope_parameters
+    hybrid: bool  # linear-attention (Gated DeltaNet) layers between full-attention ones: vLLM caches no prefixes on CPU
+    vllm_cpu_dtype: str | None  # the one dtype vLLM's CPU backend runs the family in ("auto" becomes it there); None: any
 
     def __post_init__(self) -> None:
         if self.frame not in FRAME_KINDS:
@@ -87,17 +89,18 @@ def register(family: Family) -> Family:
 QWEN2_5_VL = register(Family(
     name="qwen2_5_vl", model_type="qwen2_5_vl", model_class="Qwen2_5_VLForConditionalGeneration",
     processor_class="Qwen2_5_VLProcessor", patch_size=14, merge_size=2, frame=MODEL_PIXELS,
-    projector_prefixes=("merger.",), mrope_interleaved=False,
+    projector_prefixes=("merger.",), mrope_interleaved=False, hybrid=False, vllm_cpu_dtype=None,
 ))  # fmt: skip
 QWEN3_VL = register(Family(
     name="qwen3_vl", model_type="qwen3_vl", model_class="Qwen3VLForConditionalGeneration",
     processor_class="Qwen3VLProcessor", patch_size=16, merge_size=2, frame=RELATIVE_1000,
-    projector_prefixes=("merger.", "deepstack_merger_list."), mrope_interleaved=True,
+    projector_prefixes=("merger.", "deepstack_merger_list."), mrope_interleaved=True, hybrid=False, vllm_cpu_dtype=None,
 ))  # fmt: skip
 QWEN3_5 = register(Family(
     name="qwen3_5", model_type="qwen3_5", model_class="Qwen3_5ForConditionalGeneration",
     processor_class="Qwen3VLProcessor", patch_size=16, merge_size=2, frame=RELATIVE_1000,
-    projector_prefixes=("merger.",), mrope_interleaved=True,
+    projector_prefixes=("merger.",), mrope_interleaved=True, hybrid=True,
+    vllm_cpu_dtype="bfloat16",  # vLLM 0.32: "CPU GDN attention requires BF16" (tests/models/test_tiny_families.py)
 ))  # fmt: skip
 
 

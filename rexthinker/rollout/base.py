@@ -22,7 +22,8 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.6
     cpu_kv_cache_gib: float = 1.0  # vLLM's KV cache on CPU (the VLLM_CPU_KVCACHE_SPACE variable wins when set)
     enforce_eager: bool = False
-    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    # auto: bfloat16 on CUDA, float32 on CPU, or the family's only CPU dtype (Qwen3.5: bfloat16; generation.engine_settings)
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     # return the sampler's log-prob of each token (Completion.logprobs); the GRPO learner recomputes
     # its own, and vLLM's per-token log-prob bookkeeping costs ~8% of CPU generation time, so off
     logprobs: bool = False
@@ -43,8 +44,8 @@ class Request:
 
 @dataclass
 class Completion:
-    token_ids: list[int]
-    text: str
+    token_ids: list[int]  # the generated tokens
+    text: str  # the assistant turn: what the prompt opened, then the generated text (generation.assistant_turn)
     logprobs: list[float] | None  # the sampler's log-prob of each token, when available
     finish_reason: str | None  # "stop" (end of turn), "length" (hit max_new_tokens) or None
 

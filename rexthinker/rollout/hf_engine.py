@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import torch
 
+from rexthinker.generation import assistant_turn
 from rexthinker.rollout.base import Completion, Request, RolloutConfig, forbidden_token_ids
 
 
@@ -48,7 +49,7 @@ class HFRollout:
                             finish = "stop"
                             break
                         ids.append(t)
-                    group.append(Completion(ids, tok.decode(ids, skip_special_tokens=True), None, finish))
+                    group.append(Completion(ids, assistant_turn(r.prompt, tok.decode(ids, skip_special_tokens=True)), None, finish))
                 result.append(group)
         finally:
             tok.padding_side = side

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import torch
 
-from rexthinker.generation import new_engine, resize_kwargs
+from rexthinker.generation import assistant_turn, new_engine, resize_kwargs
 from rexthinker.rollout.base import Completion, Request, RolloutConfig
 
 
@@ -95,11 +95,11 @@ class VLLMRollout:
         ]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         result = []
-        for out in outputs:
+        for request, out in zip(requests, outputs):
             group = []
             for c in sorted(out.outputs, key=lambda c: c.index):
                 logprobs = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)] if c.logprobs else None
-                group.append(Completion(list(c.token_ids), c.text, logprobs, c.finish_reason))
+                group.append(Completion(list(c.token_ids), assistant_turn(request.prompt, c.text), logprobs, c.finish_reason))
             result.append(group)
         return result
 

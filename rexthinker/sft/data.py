@@ -3,7 +3,10 @@
 The prompt is tokenised exactly as at inference (the shared prompt builder, the chat template, the
 processor with the image), and the assistant turn is tokenised on its own and appended, so prompt
 tokens are identical to what the model sees when it generates, and the label mask covers exactly
-the assistant tokens: ``<think>…</think><answer>…</answer><|im_end|>\\n``.
+the assistant tokens: ``<think>…</think><answer>…</answer><|im_end|>\\n``. Where the chat template's
+generation prompt already opens the turn (Qwen3.5: ``<think>\\n``), that opening is part of the prompt
+and the labels start after it (:func:`rexthinker.generation.to_generate`): the model learns exactly
+the tokens it generates.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 
 from rexthinker.data.sample import RefSample
-from rexthinker.generation import render_request
+from rexthinker.generation import render_request, to_generate
 from rexthinker.models.families import QWEN2_5_VL, Family
 from rexthinker.prompts import target_text
 from rexthinker.train.features import IGNORE, Features, collate
@@ -29,7 +32,7 @@ def build_features(sample: RefSample, processor, template: str = "train", instru
     ``family``: the model family whose box frame the hints and the answer are written in."""
     request = render_request(sample, processor, template, instruction, family=family)
     enc = processor(text=[request.prompt], images=[request.image], return_tensors="pt")
-    target = target_text(sample, request.info) + END_OF_TURN
+    target = to_generate(request.prompt, target_text(sample, request.info)) + END_OF_TURN
     tokens = processor.tokenizer(target, add_special_tokens=False, return_tensors="pt", return_offsets_mapping=bool(weights))
     target_ids, prompt_ids = tokens["input_ids"][0], enc["input_ids"][0]
     token_weights = None

@@ -78,14 +78,17 @@ def lr_lambda(optim: OptimConfig, total_steps: int):
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters; no weight decay on biases and norm weights (1-D tensors)."""
+    """Trainable parameters; no weight decay on biases and norm weights (1-D tensors). An empty group
+    is left out (LoRA adapters are all matrices): DeepSpeed's ZeRO optimizers drop it, and the LR
+    scheduler, built on the full list, would then no longer match their groups."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     if not decay and not no_decay:
         raise ValueError("the model has no trainable parameter (check the freeze settings)")
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 def deepspeed_config(cfg: LearnerConfig, optim: OptimConfig, micro_batch_size: int) -> dict:

@@ -128,31 +128,50 @@ def test_qwen3_vl_oracle_answers_in_0_1000_score_perfectly(benchmark, tmp_path, 
             assert max(abs(a - b) for a, b in zip(got, want)) < 1.0  # one thousandth of a SynthRef image is under a pixel
 
 
-def test_tiny_qwen3_vl_evaluates_end_to_end_with_transformers(benchmark, tmp_path):
-    model = tiny.get("tiny", "qwen3_vl")
+# What each 0-1000 family's generation prompt opens, so every raw response (the whole assistant turn) starts with it.
+OPENED = {"qwen3_vl": "", "qwen3_5": "<think>\n"}
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
+def test_tiny_qwen3_vl_evaluates_end_to_end_with_transformers(benchmark, tmp_path, family):
+    """Qwen3-VL and Qwen3.5 (its raw responses start with the ``<think>`` its prompt opened)."""
+    model = tiny.get("tiny", family)
     record = run(_config(benchmark, tmp_path, model=model, backend="hf", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, limit=2))
     assert record["runs"][-1]["generated"] == 2 and record["results"]
     rows = _rows(tmp_path / "predictions.jsonl")
     samples = {s.id: s for s in read_humanref(benchmark)}
+    assert len(rows) == 2 and all(row["raw_response"].startswith(OPENED[family]) for row in rows)
     for row in rows:  # noise, but whatever boxes the answers hold are decoded from 0-1000
         width, height = samples[row["id"]].image_size
         boxes = parse_completion(row["raw_response"]).answer.boxes
         assert row["extracted_predictions"] == [[v / 1000 * (width if i % 2 == 0 else height) for i, v in enumerate(b)] for b in boxes]
 
 
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_default_pixel_limits_are_the_familys_humanref_limits(benchmark, tmp_path, family):
+    """256 to 1280 image tokens (contracts §1.6) of the model's own family, recorded for resumes."""
+    model = tiny.get("tiny", family)
+    record = run(_config(benchmark, tmp_path, model=model, backend="hf", min_pixels=None, max_pixels=None, limit=1, max_new_tokens=4))
+    want = {"qwen2_5_vl": (256 * 28 * 28, 1280 * 28 * 28), "qwen3_vl": (256 * 32 * 32, 1280 * 32 * 32)}[family]
+    assert (record["settings"]["min_pixels"], record["settings"]["max_pixels"]) == want
+
 @pytest.mark.vllm
-def test_tiny_qwen3_vl_evaluates_with_vllm_in_a_subprocess(benchmark, tmp_path):
-    """A subprocess: one in-process vLLM engine per test process (the session's is Qwen2.5-VL's)."""
-    model, (lo, hi) = tiny.get("tiny", "qwen3_vl"), (4 * 32 * 32, 64 * 32 * 32)
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
+def test_tiny_qwen3_vl_evaluates_with_vllm_in_a_subprocess(benchmark, tmp_path, family):
+    """A subprocess: one in-process vLLM engine per test process (the session's is Qwen2.5-VL's).
+    Qwen3.5's engine runs in bf16 without prefix caching, its family's CPU settings (generation.engine_settings)."""
+    model, (lo, hi) = tiny.get("tiny", family), (4 * 32 * 32, 64 * 32 * 32)
     proc = subprocess.run([
         sys.executable, "evaluation/run_humanref.py", "--model", str(model), "--gt", str(benchmark), "--out", str(tmp_path),
         "--num-workers", "0", "--limit", "2", "--max-new-tokens", "8", "--min-pixels", str(lo), "--max-pixels", str(hi),
         "--max-model-len", "2048", "--no-charts", "--no-progress",
     ], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    samples = read_humanref(benchmark)
-    for row, sample in zip(_rows(tmp_path / "predictions.jsonl"), samples):
-        hints = prompt_boxes(sample, lo, hi, family=families.QWEN3_VL).hint_boxes
+    samples, rows = read_humanref(benchmark), _rows(tmp_path / "predictions.jsonl")
+    assert len(rows) == 2 and all(row["raw_response"].startswith(OPENED[family]) for row in rows)
+    for row, sample in zip(rows, samples):
+        hints = prompt_boxes(sample, lo, hi, family=families.get_family(family)).hint_boxes
         assert hint_json(sample.category, hints) in row["prompt"] and max(v for box in hints for v in box) <= 1000
 
 

@@ -97,6 +97,94 @@ def test_two_qwen3_vl_steps_reward_in_its_0_1000_frame_and_change_the_policy(grp
     assert json.loads((final / FRAME_FILE).read_text()) == {"family": "qwen3_vl", "frame": "relative_1000"}
 
 
+def test_two_qwen3_5_steps_roll_out_in_bf16_and_the_synced_engine_matches_the_learner(grpo_cot, tmp_path):
+    """Qwen3.5 through Ray: its vLLM engines run in bf16 without prefix caching (the family's engine
+    settings), rewards see the whole assistant turn (the ``<think>`` its prompt opened included), two
+    steps change the policy, and after the last sync the engine's sampler log-probs equal the
+    learner's (fp32, transformers) within bf16's precision, 1e-2 (tests/models/test_tiny_families.py).
+    The learner runs the one-pass layout: the shared-prompt layout is refused for a hybrid model."""
+    from transformers import AutoModelForImageTextToText
+
+    from rexthinker.config import ConfigError
+    from rexthinker.grpo.experience import collate
+    from rexthinker.grpo.trainer import GRPOTrainer
+    from rexthinker.models import tiny
+    from rexthinker.models.families import FRAME_FILE
+    from tests.rollout.test_weight_sync import logprob_diffs
+
+    model = tiny.get("tiny", "qwen3_5")
+    cfg = make_cfg(model, grpo_cot, tmp_path / "run", f"reward.function={PLUGINS}:relative_length_score", "rollout.logprobs=true")
+    with pytest.raises(ConfigError, match="hybrid model \\(qwen3_5\\).*set algorithm.share_prompts=false"):
+        GRPOTrainer(cfg)
+    cfg = make_cfg(model, grpo_cot, tmp_path / "run", f"reward.function={PLUGINS}:relative_length_score", "rollout.logprobs=true",
+                   "algorithm.share_prompts=false")
+    trainer = GRPOTrainer(cfg)
+    try:
+        while trainer.step < trainer.total_steps:
+            trainer.logger.log(trainer.step + 1, trainer.train_step())
+        requests, _ = trainer.build_requests([trainer.samples[i] for i in range(2)], trainer.step + 1, cfg.trainer.seed)
+        groups = trainer._generate(requests, 2)  # by the engine holding the weights of the last sync
+        final = trainer.finish()
+    finally:
+        trainer.cleanup()
+    assert trainer.reward.errors.failed == 0
+    before = load_file(str(Path(model) / "model.safetensors"))
+    after = load_file(str(final / "model.safetensors"))
+    assert any(".language_model." in k for k in before if not torch.equal(before[k], after[k]))
+    assert json.loads((final / FRAME_FILE).read_text()) == {"family": "qwen3_5", "frame": "relative_1000"}
+    assert all(r.prompt.endswith("<|im_start|>assistant\n<think>\n") for r in requests)
+    assert all(c.text.startswith("<think>\n") for g in groups for c in g)
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(row["completion"].startswith("<think>\n") for row in samples)
+    learner = AutoModelForImageTextToText.from_pretrained(final, dtype=torch.float32).eval()
+    diffs = logprob_diffs(learner, trainer.processor, requests, groups, collate)
+    print(f"qwen3_5 GRPO: max |vLLM (bf16) - learner (fp32)| log-prob after the sync = {max(diffs):.2e}")
+    assert 1e-5 < max(diffs) < 1e-2  # bf16 really ran (fp32 agrees to ~1e-6), and within its precision
+
+
+def test_two_lora_steps_through_ray_train_the_adapters_and_the_engine_samples_the_merged_model(tiny_model_path, grpo_data, tmp_path):
+    """LoRA in a Ray run with vLLM rollouts: two steps move the adapters only (the learner state holds
+    them alone; the merged export differs from the base in the adapted linear layers only), and after
+    the last sync the engine samples the merged model: its log-probs equal the merged export's (fp32),
+    not the base's. tests/grpo/test_lora_update.py checks the update and the merge on one worker."""
+    import re
+
+    from transformers import AutoModelForImageTextToText
+
+    from rexthinker.grpo.experience import collate
+    from rexthinker.grpo.trainer import GRPOTrainer
+    from rexthinker.models import lora
+    from tests.rollout.test_weight_sync import logprob_diffs
+
+    cfg = make_cfg(tiny_model_path, grpo_data, tmp_path / "run", "model.lora.r=4", "model.lora.alpha=8", "model.freeze_vision=true",
+                   "model.freeze_projector=true", "optim.lr=1e-2", "rollout.logprobs=true", "trainer.save_every=2")  # fmt: skip
+    trainer = GRPOTrainer(cfg)
+    try:
+        while trainer.step < trainer.total_steps:
+            trainer.logger.log(trainer.step + 1, trainer.train_step())
+        requests, _ = trainer.build_requests([trainer.samples[i] for i in range(2)], trainer.step + 1, cfg.trainer.seed)
+        groups = trainer._generate(requests, 2)  # by the engine holding the weights of the last sync
+        final = trainer.finish()
+    finally:
+        trainer.cleanup()
+    step = tmp_path / "run" / "checkpoints" / "step-2"
+    saved = torch.load(step / "learner" / "learner.pt", weights_only=True)["model"]
+    assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved)  # the frozen base is model.path's
+    before = load_file(str(Path(tiny_model_path) / "model.safetensors"))
+    after = load_file(str(final / "model.safetensors"))
+    assert after.keys() == before.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    adapted = {k for k in before if re.fullmatch(rf"{lora.LANGUAGE_BLOCKS}(?:{'|'.join(lora.TARGETS)})\.weight",
+                                                 k.replace("model.layers.", "model.language_model.layers."))}  # fmt: skip
+    assert changed == adapted and len(adapted) == 2 * len(lora.TARGETS)
+    merged = AutoModelForImageTextToText.from_pretrained(final, dtype=torch.float32).eval()
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    to_merged = max(logprob_diffs(merged, trainer.processor, requests, groups, collate))
+    to_base = max(logprob_diffs(base, trainer.processor, requests, groups, collate))
+    print(f"LoRA GRPO: max |vLLM - merged| log-prob after the sync = {to_merged:.2e}, |vLLM - base| = {to_base:.2e}")
+    assert to_merged < 1e-4 and to_base > 100 * to_merged
+
+
 def test_a_reward_that_raises_on_some_samples_scores_them_zero(tiny_model_path, grpo_data, tmp_path):
     cfg = make_cfg(tiny_model_path, grpo_data, tmp_path / "flaky", f"reward.function={PLUGINS}:Flaky", "trainer.max_steps=1")
     trainer, _ = run(cfg)

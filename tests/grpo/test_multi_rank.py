@@ -149,14 +149,15 @@ class FakeLLM:
         self.calls.append("reset_mm_cache")
 
 
-def test_vllm_engine_is_built_with_sleep_mode_only_when_asked(monkeypatch):
+def test_vllm_engine_is_built_with_sleep_mode_only_when_asked(monkeypatch, tiny_model_path):
     import vllm
 
     from rexthinker.rollout.vllm_engine import VLLMRollout
 
     monkeypatch.setattr(vllm, "LLM", FakeLLM)
-    assert VLLMRollout("m", RolloutConfig(), sleep=True).llm.kwargs["enable_sleep_mode"] is True
-    assert "enable_sleep_mode" not in VLLMRollout("m", RolloutConfig(), sleep=False).llm.kwargs
+    model = str(tiny_model_path)  # a real checkpoint: the engine settings read its family from its config
+    assert VLLMRollout(model, RolloutConfig(), sleep=True).llm.kwargs["enable_sleep_mode"] is True
+    assert "enable_sleep_mode" not in VLLMRollout(model, RolloutConfig(), sleep=False).llm.kwargs
 
 
 @pytest.mark.parametrize("sleeps", [True, False])
@@ -215,11 +216,13 @@ def _fixed_batch(tiny_model_path):
     return prompts, responses
 
 
-def _learner_cfg(tiny_model_path, strategy: str, ranks: int) -> GRPOConfig:
+def _learner_cfg(tiny_model_path, strategy: str, ranks: int, lora_r: int = 0) -> GRPOConfig:
     # ppo_epochs=2: old log-probs (a forward in lockstep) and two optimizer steps per call;
     # micro_batch_tokens=1: one sequence per micro-batch, so the ranks' counts differ.
+    # lora_r > 0: LoRA adapters (alpha = 2 r) with lr 1e-2, so the adapters move visibly in two steps.
     return load_config(GRPOConfig, None, [
-        f"model.path={tiny_model_path}", f"learner.strategy={strategy}", "learner.precision=fp32", "optim.lr=1e-3",
+        f"model.path={tiny_model_path}", f"learner.strategy={strategy}", "learner.precision=fp32",
+        f"optim.lr={1e-2 if lora_r else 1e-3}", f"model.lora.r={lora_r}", f"model.lora.alpha={2 * lora_r}",
         "algorithm.ppo_epochs=2", "algorithm.micro_batch_tokens=1", "algorithm.kl_coef=0.05", "algorithm.entropy_coef=0.01",
         f"resources.learner_ranks={ranks}", "resources.threads_per_actor=1", "rollout.max_new_tokens=16",
     ])  # fmt: skip
@@ -258,17 +261,24 @@ def _rank_states(actors, strategy: str) -> list[dict[str, torch.Tensor]]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("strategy", ["zero2", pytest.param("zero3", marks=pytest.mark.slow)])
-def test_two_ranks_end_on_the_weights_of_one_process(tiny_model_path, ray_cluster, strategy):
+@pytest.mark.parametrize("strategy, lora_r", [
+    pytest.param("zero2", 0, id="zero2"), pytest.param("zero3", 0, marks=pytest.mark.slow, id="zero3"),
+    pytest.param("zero2", 4, id="zero2-lora"), pytest.param("zero3", 4, marks=pytest.mark.slow, id="zero3-lora"),
+])  # fmt: skip
+def test_two_ranks_end_on_the_weights_of_one_process(tiny_model_path, ray_cluster, strategy, lora_r):
+    """With LoRA (``lora_r``) only the adapters move, and the ranks send the rollout engines the merged
+    plain model, as one process does."""
     import ray
+
+    from rexthinker.models import lora
 
     prompts, responses = _fixed_batch(tiny_model_path)
     steps = [
         ([1.0, -0.5, 0.3, -1.2, 0.8], False),  # split by cost over both ranks (3 and 2 micro-batches)
         ([-0.7, 0.9, 1.1, -0.2, -0.6], True),  # all on rank 0; rank 1 has only a padding response
     ]
-    single = _start_ranks(_learner_cfg(tiny_model_path, "single", 1), 1)[0]
-    pair = _start_ranks(_learner_cfg(tiny_model_path, strategy, 2), 2)
+    single = _start_ranks(_learner_cfg(tiny_model_path, "single", 1, lora_r), 1)[0]
+    pair = _start_ranks(_learner_cfg(tiny_model_path, strategy, 2, lora_r), 2)
     try:
         before = _local_state(single)
         for step, (adv, padded) in enumerate(steps):
@@ -287,14 +297,21 @@ def test_two_ranks_end_on_the_weights_of_one_process(tiny_model_path, ray_cluste
             assert two["actor/updates"] == one["actor/updates"] == 2
 
             expected = _local_state(single)
-            assert any(not torch.equal(before[k], expected[k]) for k in before if "layers" in k)
+            changed = {k for k in before if not torch.equal(before[k], expected[k])}
+            assert any("layers" in k for k in changed)
+            if lora_r:
+                assert all(lora.LIVE_KEY.match(k) for k in changed), sorted(changed)[:3]  # the adapters only
             states = _rank_states(pair, strategy)
-            assert set(expected) - set(states[0]) <= {"lm_head.weight"}  # tied to the embedding
+            if lora_r and strategy == "zero3":  # gathered through weights(): the merged plain model
+                expected = lora.merged_state_dict(expected, 2.0)
+            assert all(k.endswith("lm_head.weight") for k in set(expected) - set(states[0]))  # tied to the embedding
             for key in states[0]:
                 assert all(torch.equal(states[0][key], other[key]) for other in states[1:]), f"ranks differ at {key} after step {step}"
                 assert torch.allclose(states[0][key], expected[key], atol=1e-5, rtol=0), f"{key} after step {step}"
 
         weights = ray.get([w.weights.remote() for w in pair])  # what the rollout engines get
+        if lora_r and strategy == "zero2":
+            expected = lora.merged_state_dict(expected, 2.0)
         assert weights[1] == [] and len(weights[0]) >= len(expected) - 1
         for key, value in weights[0]:
             assert torch.allclose(value, expected[key], atol=1e-5, rtol=0), key

@@ -14,10 +14,10 @@ import torch
 from safetensors import safe_open
 
 from rexthinker.convert import ConversionError, card, convert, push_to_hub
-from rexthinker.convert.keys import LAYOUT_RULES, rename
+from rexthinker.convert.keys import layout_rules, rename
 from rexthinker.convert.pipeline import settle_dtype
 from rexthinker.convert.reference import Placement, infer_placement
-from rexthinker.models.families import FRAME_FILE, QWEN3_VL, FrameMismatchError, record_frame
+from rexthinker.models.families import FRAME_FILE, QWEN2_5_VL, QWEN3_5, QWEN3_VL, FrameMismatchError, record_frame
 from scripts.convert_checkpoint import main as cli
 from tests.scripts.helpers import config_dtype, stored_tensors
 
@@ -47,7 +47,26 @@ def assert_same(got: dict, want: dict, dtype=torch.float32) -> None:
     ],
 )  # fmt: skip
 def test_rename_tables(layout, source, model_name):
-    assert rename(source, LAYOUT_RULES[layout]) == model_name
+    assert rename(source, layout_rules(QWEN2_5_VL, layout)) == model_name
+
+
+@pytest.mark.parametrize(
+    "family, layout, name",
+    [
+        (QWEN3_VL, "hf", "model.language_model.layers.1.mlp.up_proj.weight"),
+        (QWEN3_VL, "hf", "model.visual.deepstack_merger_list.0.linear_fc1.weight"),
+        (QWEN3_VL, "learner", "model.language_model.embed_tokens.weight"),
+        (QWEN3_5, "hf", "model.language_model.layers.0.linear_attn.A_log"),
+        (QWEN3_5, "hf", "model.visual.merger.linear_fc2.weight"),
+        (QWEN3_5, "deepspeed", "lm_head.weight"),
+    ],
+)  # fmt: skip
+def test_the_qwen3_families_keep_their_names_on_disk(family, layout, name):
+    """Released, saved and trained alike under the nested names: Qwen2.5-VL's on-disk rules would be a
+    no-op on them, but each family has its own table, and no reference-trainer layout (Qwen2.5-VL only)."""
+    assert rename(name, layout_rules(family, layout)) == name
+    with pytest.raises(ConversionError, match=f"no 'reference' layout for {family.name} checkpoints"):
+        layout_rules(family, "reference")
 
 
 @pytest.mark.parametrize(
@@ -93,6 +112,43 @@ def test_hf_folder_round_trip(tiny_model_path, tmp_path):
         assert (out / name).is_file(), name
     assert json.loads((out / FRAME_FILE).read_text()) == {"family": "qwen2_5_vl", "frame": "model_pixels"}
     assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.parametrize("family", [QWEN3_VL, QWEN3_5], ids=lambda f: f.name)
+def test_qwen3_family_round_trips(family, sft_rows, tmp_path):
+    """Convert, load, compare, from a Hugging Face folder and from a one-step SFT run's learner.pt: the
+    same tensor names (the nested ones, on disk too) and values, the logits of the written model equal
+    the source's, and the frame is recorded."""
+    from rexthinker.config import load_config
+    from rexthinker.models import tiny
+    from rexthinker.sft.config import SFTConfig
+    from rexthinker.sft.trainer import SFTTrainer
+    from tests.scripts.conftest import _overrides
+
+    source = tiny.get("tiny", family.name)
+    report = convert(source, tmp_path / "out")
+    out = tmp_path / "out"
+    assert report.layout == "hf" and report.dtype_out == "float32" and report.max_logit_diff == 0.0
+    assert_same(stored_tensors(out), stored_tensors(source))
+    with safe_open(str(source / "model.safetensors"), "pt") as a, safe_open(str(out / "model.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+    assert json.loads((out / FRAME_FILE).read_text()) == {"family": family.name, "frame": "relative_1000"}
+    assert (out / "chat_template.jinja").read_text() == (source / "chat_template.jinja").read_text()
+
+    run = SFTTrainer(load_config(SFTConfig, "recipes/configs/sft_demo.yaml",
+                                 _overrides(source, sft_rows, tmp_path / "run") + ["learner.strategy=single"]))  # fmt: skip
+    try:
+        run.fit()
+        run.finish()
+    finally:
+        run.cleanup()
+    step = tmp_path / "run" / "checkpoints" / "step-1"
+    report = convert(step, tmp_path / "from_learner", layout="learner")
+    assert report.layout == "learner" and report.max_logit_diff == 0.0
+    trained = stored_tensors(step / "hf")
+    assert_same(stored_tensors(tmp_path / "from_learner"), trained)
+    assert not all(torch.equal(trained[k], v) for k, v in stored_tensors(source).items())  # the step trained
 
 
 def test_a_source_recording_another_frame_than_its_family_is_refused(tiny_model_path, tmp_path):

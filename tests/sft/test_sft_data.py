@@ -69,6 +69,39 @@ def test_qwen3_vl_features_hold_0_1000_hints_and_targets(sft_data):
         assert str(box) in labelled
 
 
+def test_qwen3_5_trains_on_the_turn_after_the_think_its_template_opens(sft_data):
+    """Qwen3.5's generation prompt ends with ``<think>\\n``: the labels start after it, so the whole
+    sequence holds exactly one ``<think>`` after the generation prompt (the prompt's), and the prompt
+    is the inference prompt token for token. The opened think put back in front of the labelled text is
+    a well-formed completion in the 0-1000 frame."""
+    from rexthinker.contracts.completion import parse_completion
+    from rexthinker.generation import assistant_turn
+    from rexthinker.models import tiny
+    from rexthinker.models.families import QWEN3_5
+
+    processor = AutoProcessor.from_pretrained(tiny.get("tiny", "qwen3_5"))
+    think, end_think = processor.tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    header = processor.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    samples = open_samples([str(sft_data / "train")])
+    for sample in [samples[i] for i in range(4)]:
+        features = build_features(sample, processor, family=QWEN3_5)
+        (_, info, prompt, image), = list(render([sample], processor, family=QWEN3_5))
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+        inference = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0]
+        n = inference.numel()
+        assert torch.equal(features.input_ids[:n], inference)
+        assert (features.labels[:n] == IGNORE).all() and (features.labels[n:] != IGNORE).all()
+        ids = features.input_ids.tolist()
+        start = max(i for i in range(len(ids)) if ids[i : i + len(header)] == header) + len(header)  # after the generation prompt
+        assert ids[start:].count(think) == 1 and ids[start] == think and start < n
+        assert features.labels[n:].tolist().count(think) == 0 and features.labels[n:].tolist().count(end_think) == 1
+        labelled = processor.tokenizer.decode(features.labels[n:])
+        assert labelled == target_text(sample, info).removeprefix("<think>") + END_OF_TURN
+        completion = parse_completion(assistant_turn(prompt, labelled.removesuffix(END_OF_TURN)))
+        assert completion.strict_layout and completion.think == "\n" + sample.think
+        assert completion.boxes == info.answer_boxes and info.frame.kind == "relative_1000"
+
+
 def test_collate_pads_and_counts_skipped(tiny_model_path, sft_data):
     processor = AutoProcessor.from_pretrained(tiny_model_path)
     samples = open_samples([str(sft_data / "train")])
@@ -91,6 +124,7 @@ def test_step_batches_partition_each_step_across_ranks():
         assert len(ids) == len(set(ids)) == 8
         seen |= set(ids)
     assert len(seen) == 16
+
 
 
 def test_loss_weights_weigh_the_matched_spans_of_the_answer(tiny_model_path, sft_data):

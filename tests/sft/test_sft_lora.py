@@ -5,8 +5,10 @@ and vLLM load it and agree), and ``adapter/`` is peft's format."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,3 +140,79 @@ def test_merged_export_generates_the_same_greedy_tokens_in_vllm(trained):
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=None)
     hf_tokens = out[0, inputs["input_ids"].shape[1] :].tolist()
     assert vllm_tokens == hf_tokens[: len(vllm_tokens)] and len(vllm_tokens) >= 1
+
+
+# --- LoRA under DeepSpeed ZeRO: two CPU processes over gloo -----------------------------------------
+
+
+def _ds_lora_overrides(tiny_model_path, sft_data, nproc: int, strategy: str, batch: int) -> list[str]:
+    from .test_sft_train import _common
+
+    return _common(tiny_model_path, sft_data) + [*LORA, "model.freeze_vision=true", "model.freeze_projector=true",
+                                                 "trainer.max_steps=2", "trainer.save_every=1", "trainer.keep_checkpoints=2", f"trainer.nproc={nproc}",
+                                                 f"learner.strategy={strategy}", f"trainer.per_device_batch_size={batch}"]  # fmt: skip
+
+
+def _load_adapter(run_dir, step: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "checkpoints" / f"step-{step}" / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def single_lora_cli_run(tiny_model_path, sft_data, tmp_path_factory):
+    from .test_sft_train import _cli
+
+    root = tmp_path_factory.mktemp("sft_lora_single")
+    return _cli(_ds_lora_overrides(tiny_model_path, sft_data, 1, "single", 4), root, "single"), root / "single"
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_lora_under_deepspeed_two_cpu_processes_trains_the_adapters_as_one_process(
+    tiny_model_path, sft_data, tmp_path, strategy, single_lora_cli_run
+):
+    """Same global batch (2 x 2 processes vs 4 x 1), two steps: the same losses, the same adapters, and a
+    merged export that differs from the base in the adapted linear layers only."""
+    from safetensors.torch import load_file
+
+    from .test_sft_train import _cli
+
+    single, single_dir = single_lora_cli_run
+    multi = _cli(_ds_lora_overrides(tiny_model_path, sft_data, 2, strategy, 2), tmp_path, strategy)
+    assert [m["loss"] for m in multi] == pytest.approx([m["loss"] for m in single], rel=1e-5)
+    run_dir = tmp_path / strategy
+    for step in (1, 2):
+        want, got = _load_adapter(single_dir, step), _load_adapter(run_dir, step)
+        assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in got.items())  # B left zero: nothing trained
+    base = load_file(str(Path(tiny_model_path) / "model.safetensors"))
+    merged = load_file(str(run_dir / "final" / "model.safetensors"))
+    assert merged.keys() == base.keys()
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    adapted = {k for k in base if re.fullmatch(rf"{lora.LANGUAGE_BLOCKS}(?:{'|'.join(lora.TARGETS)})\.weight",
+                                               k.replace("model.layers.", "model.language_model.layers."))}  # fmt: skip
+    assert changed == adapted and len(adapted) == 2 * len(lora.TARGETS)  # 2 layers x 7 linears; vision, norms, head untouched
+    reference = load_file(str(single_dir / "final" / "model.safetensors"))
+    assert all(torch.allclose(merged[k], reference[k], atol=1e-6) for k in changed)
+
+
+def test_lora_under_zero2_resumes_to_the_same_adapters(tiny_model_path, sft_data, tmp_path, single_lora_cli_run):
+    """A 2-process ZeRO-2 LoRA run killed after its step-1 checkpoint (the later outputs removed) resumes
+    from it, loading the adapters and their optimizer state, and ends on the uninterrupted run's adapters."""
+    import shutil
+
+    from .test_sft_train import _cli
+
+    _, single_dir = single_lora_cli_run
+    overrides = _ds_lora_overrides(tiny_model_path, sft_data, 2, "zero2", 2)
+    _cli(overrides, tmp_path, "run")
+    run_dir = tmp_path / "run"
+    final = run_dir / "final"  # a link to the last checkpoint's hf/
+    final.unlink() if final.is_symlink() else shutil.rmtree(final)
+    shutil.rmtree(run_dir / "checkpoints" / "step-2")
+    kept = (run_dir / "checkpoints" / "step-1" / "COMPLETE").stat().st_mtime_ns
+    resumed = _cli(overrides, tmp_path, "run")
+    assert resumed[-1]["step"] == 2
+    assert (run_dir / "checkpoints" / "step-1" / "COMPLETE").stat().st_mtime_ns == kept  # resumed, not redone
+    want, got = _load_adapter(single_dir, 2), _load_adapter(run_dir, 2)
+    assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from rexthinker.models import tiny
-from rexthinker.models.families import FRAME_FILE, QWEN3_VL, model_family
+from rexthinker.models.families import FRAME_FILE, QWEN3_5, QWEN3_VL, model_family
 from rexthinker.sft.trainer import SFTTrainer
 
 
@@ -95,9 +95,11 @@ def test_final_checkpoint_loads_in_transformers(make_cfg):
     assert json.loads((final / FRAME_FILE).read_text()) == {"family": "qwen2_5_vl", "frame": "model_pixels"}
 
 
-def test_qwen3_vl_steps_change_its_weights_and_the_export_records_its_frame(make_cfg):
-    run = SFTTrainer(make_cfg(f"model.path={tiny.get('tiny', 'qwen3_vl')}"))
-    assert run.family is QWEN3_VL
+@pytest.mark.parametrize("family", [QWEN3_VL, QWEN3_5], ids=lambda f: f.name)
+def test_qwen3_vl_steps_change_its_weights_and_the_export_records_its_frame(make_cfg, family):
+    """Qwen3-VL and Qwen3.5 (whose template opens the think block in the prompt, tests/sft/test_sft_data.py)."""
+    run = SFTTrainer(make_cfg(f"model.path={tiny.get('tiny', family.name)}"))
+    assert run.family is family
     before = _params(run.model)
     trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
     run.fit()
@@ -106,8 +108,8 @@ def test_qwen3_vl_steps_change_its_weights_and_the_export_records_its_frame(make
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)
     final = run.finish()
     run.cleanup()
-    assert json.loads((final / FRAME_FILE).read_text()) == {"family": "qwen3_vl", "frame": "relative_1000"}
-    assert model_family(final) is QWEN3_VL
+    assert json.loads((final / FRAME_FILE).read_text()) == {"family": family.name, "frame": "relative_1000"}
+    assert model_family(final) is family
 
 
 class Crash(RuntimeError):
