@@ -222,11 +222,14 @@ def sft(console: Console, out: Path, model_path: Path, steps: int, precision: st
     return out / "sft" / "final"
 
 
-def grpo(console: Console, out: Path, start: Path, steps: int) -> Path:
+def grpo(console: Console, out: Path, start: Path, steps: int, evaluated: bool) -> Path:
+    """``evaluated``: the SFT stage's ``eval.json`` already scores ``start`` on the same validation
+    samples, so GRPO skips its own start evaluation (the same greedy generations, about a minute)."""
     data = out / "synthref"
     cmd = [sys.executable, "-m", "rexthinker.grpo", "--config", "recipes/configs/grpo_demo.yaml", f"model.path={start}",
            f"data.train=[{data / 'train' / 'grpo' / 'synthref.parquet'}]", f"data.val=[{data / 'val' / 'cot' / 'synthref'}]",
-           f"trainer.output_dir={out / 'grpo'}", f"trainer.max_steps={steps}", "trainer.log_every=1"]  # fmt: skip
+           f"trainer.output_dir={out / 'grpo'}", f"trainer.max_steps={steps}", "trainer.log_every=1",
+           f"eval.at_start={str(not evaluated).lower()}"]  # fmt: skip
     console.run(cmd, "grpo (evaluation, steps, evaluation)", steps, lambda: _last_step(out / "grpo" / "metrics.jsonl"))
     return out / "grpo" / "final"
 
@@ -360,8 +363,10 @@ def main() -> int:
         written += [out / "sft" / "final", out / "sft" / "loss_curve.png"]
     if "grpo" in stages:
         t0 = console.stage(f"5. GRPO: {args.grpo_steps} steps from the SFT checkpoint")
-        checkpoints["grpo"] = grpo(console, out, out / "sft" / "final", args.grpo_steps)
-        a, b = (json.loads((out / "grpo" / f"eval_{t}.json").read_text()) for t in ("start", "end"))
+        sft_eval = out / "sft" / "eval.json"
+        checkpoints["grpo"] = grpo(console, out, out / "sft" / "final", args.grpo_steps, sft_eval.exists())
+        start_eval = sft_eval if sft_eval.exists() else out / "grpo" / "eval_start.json"
+        a, b = (json.loads(path.read_text()) for path in (start_eval, out / "grpo" / "eval_end.json"))
         results["grpo"] = _rates(b)
         rows.append(("grpo", f"val F1 {a['accuracy_f1']:.3f} -> {b['accuracy_f1']:.3f}, rejection {a['rejection_acc']:.3f} -> "
                      f"{b['rejection_acc']:.3f}", time.perf_counter() - t0))  # fmt: skip

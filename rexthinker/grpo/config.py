@@ -85,6 +85,13 @@ class GRPOTrainerConfig(TrainerConfig):
 
 
 @dataclass
+class GRPOEvalConfig(EvalConfig):
+    # Evaluate the starting weights too. Off when the stage before just evaluated the same weights on
+    # the same data.val (the demo's GRPO after its SFT): the "start" numbers are then that stage's.
+    at_start: bool = True
+
+
+@dataclass
 class GRPOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: GRPODataConfig = field(default_factory=GRPODataConfig)
@@ -95,7 +102,7 @@ class GRPOConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     trainer: GRPOTrainerConfig = field(default_factory=GRPOTrainerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: GRPOEvalConfig = field(default_factory=GRPOEvalConfig)
 
     def __post_init__(self) -> None:
         ranks, engines = self.resources.learner_ranks, self.resources.rollout_engines

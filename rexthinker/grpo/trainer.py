@@ -638,6 +638,8 @@ class GRPOTrainer:
         e = self.cfg.eval
         if not e.enabled:
             return None
+        if tag == "start" and not e.at_start:
+            return None
         if tag == "start" and self.step > 0:
             print(f"[grpo] resumed at step {self.step}: no start evaluation (the first run made it)", flush=True)
             return None

@@ -18,6 +18,9 @@ from rexthinker.train.learner import LearnerConfig, OptimConfig
 class SFTDataConfig(DataConfig):
     max_length: int = 2048  # longer samples are skipped and counted, never truncated
     num_workers: int = 0  # processes building the next steps' features while this one trains (0: none)
+    # Steps per length-sorted window (0: off): batches of similar length, less padding; every sample
+    # is still seen once per epoch (sft.data.step_batches)
+    group_by_length: int = 0
 
 
 @dataclass

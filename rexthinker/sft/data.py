@@ -84,11 +84,16 @@ def epoch_order(num_samples: int, epoch: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
-def step_batches(num_samples: int, seed: int, micro: int, accum: int, rank: int, world: int):
+def step_batches(num_samples: int, seed: int, micro: int, accum: int, rank: int, world: int,
+                 lengths: Sequence[int] | None = None, window: int = 0):  # fmt: skip
     """Yield ``(epoch, step_in_epoch, [micro-batch index lists for this rank])`` forever.
 
     One optimizer step consumes ``micro * accum * world`` samples; an epoch's tail that does not
     fill a whole step is dropped (its samples come first in a later epoch's shuffle, on average).
+    With ``window`` > 0 and ``lengths`` (one sort key per sample), each run of ``window`` steps of the
+    shuffled epoch is sorted by length before it is cut into steps, and those steps are shuffled
+    again: a batch then holds samples of similar length, so little of it is padding, while every
+    sample is still seen once per epoch (:func:`length_grouped_order`).
     """
     per_step = micro * accum * world
     if num_samples < per_step:
@@ -96,11 +101,33 @@ def step_batches(num_samples: int, seed: int, micro: int, accum: int, rank: int,
     epoch = 0
     while True:
         order = epoch_order(num_samples, epoch, seed)
+        if window > 0 and lengths is not None:
+            order = length_grouped_order(order, lengths, per_step, window, seed, epoch)
         for step in range(num_samples // per_step):
             chunk = order[step * per_step : (step + 1) * per_step]
             mine = chunk[rank::world]
             yield epoch, step, [mine[i * micro : (i + 1) * micro].tolist() for i in range(accum)]
         epoch += 1
+
+
+def length_grouped_order(order: np.ndarray, lengths: Sequence[int], per_step: int, window: int, seed: int, epoch: int) -> np.ndarray:
+    """``order`` with each run of ``window * per_step`` samples sorted by ``lengths``, then its
+    whole steps shuffled (the same on every rank and every restart). The tail that fills no whole
+    step stays last, as :func:`step_batches` drops it."""
+    keys = np.asarray(lengths)
+    whole = len(order) // per_step * per_step
+    span = window * per_step
+    runs = [order[a : min(a + span, whole)] for a in range(0, whole, span)]
+    steps = [run[np.argsort(keys[run], kind="stable")].reshape(-1, per_step) for run in runs]
+    steps = np.concatenate(steps) if steps else np.empty((0, per_step), dtype=order.dtype)
+    shuffled = steps[np.random.default_rng([seed, epoch, 1]).permutation(len(steps))]
+    return np.concatenate([shuffled.reshape(-1), order[whole:]])
+
+
+def length_key(sample: RefSample) -> int:
+    """A cheap stand-in for a sample's token count, to group similar lengths into a batch: its
+    trace's characters plus a hint list's worth per candidate (no tokenizer, no image decode)."""
+    return len(sample.think or "") + len(sample.referring) + 20 * len(sample.candidate_boxes)
 
 
 def steps_per_epoch(num_samples: int, micro: int, accum: int, world: int) -> int:

@@ -23,7 +23,7 @@ from rexthinker.models import lora
 from rexthinker.models.families import model_family
 from rexthinker.models.load import load_policy
 from rexthinker.sft.config import SFTConfig
-from rexthinker.sft.data import SFTDataset, step_batches, step_loader, steps_per_epoch
+from rexthinker.sft.data import SFTDataset, length_key, step_batches, step_loader, steps_per_epoch
 from rexthinker.train import checkpoint, dist, faults
 from rexthinker.train.features import IGNORE
 from rexthinker.train.learner import Learner
@@ -125,7 +125,9 @@ class SFTTrainer:
     def fit(self) -> None:
         t = self.cfg.trainer
         pad_id = self.processor.tokenizer.pad_token_id
-        batches = step_batches(len(self.dataset), t.seed, t.per_device_batch_size, t.grad_accum, dist.rank(), self.world)
+        window = self.cfg.data.group_by_length
+        lengths = [length_key(s) for s in self.dataset.samples] if window else None
+        batches = step_batches(len(self.dataset), t.seed, t.per_device_batch_size, t.grad_accum, dist.rank(), self.world, lengths, window)
         plan = list(itertools.islice(batches, self.step, self.total_steps))  # a resumed run skips what it consumed
         bar = _progress(self.total_steps, self.step) if dist.is_main() else None
         fallback = None

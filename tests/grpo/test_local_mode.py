@@ -66,6 +66,22 @@ def test_a_local_run_resumes(tiny_model_path, grpo_data, local_run, tmp_path):
     assert [r["step"] for r in train_rows(out)] == [1, 2, 3]  # steps 1 and 2 were not run again
 
 
+
+def test_no_start_evaluation_when_the_stage_before_made_it(tiny_model_path, grpo_data, tmp_path):
+    from rexthinker.grpo.trainer import GRPOTrainer
+
+    out = tmp_path / "run"
+    cfg = local_cfg(tiny_model_path, grpo_data, out, "eval.enabled=true", f"data.val=[{grpo_data}]", "eval.num_samples=2",
+                    "eval.max_new_tokens=8", "eval.at_start=false")  # fmt: skip
+    trainer = GRPOTrainer(cfg)
+    try:
+        assert trainer.evaluate("start") is None
+        assert trainer.evaluate("end")["samples"] == 2  # the end evaluation still runs
+    finally:
+        trainer.cleanup()
+    assert sorted(p.name for p in out.glob("eval_*.json")) == ["eval_end.json"]
+
+
 def test_local_and_ray_give_the_same_steps(tiny_model_path, grpo_data, local_run, tmp_path):
     # Step 2 samples from the synced weights, and its loss and KL are the first that are not 0.
     run(make_cfg(tiny_model_path, grpo_data, tmp_path / "ray", "rollout.backend=hf"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,23 @@ def test_step_batches_partition_each_step_across_ranks():
         seen |= set(ids)
     assert len(seen) == 16
 
+
+
+def test_length_grouped_steps_see_every_sample_once_with_little_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(100, 800, size=203).tolist()  # 203: a tail of 3 that fills no step of 8
+    epochs = {}
+    for window in (0, 4):
+        ranks = [step_batches(203, seed=5, micro=2, accum=2, rank=r, world=2, lengths=lengths, window=window) for r in range(2)]
+        steps = [[next(g) for _ in range(2 * 25)] for g in ranks]  # two epochs of 25 steps
+        for epoch in (0, 1):
+            ids = [i for rank in steps for e, _, micro in rank if e == epoch for m in micro for i in m]
+            assert len(ids) == len(set(ids)) == 200  # each sample once, across ranks and micro-batches
+        epochs[window] = [[i for rank in steps for m in rank[k][2] for i in m] for k in range(25)]  # epoch 0, per step
+        again = step_batches(203, seed=5, micro=2, accum=2, rank=0, world=2, lengths=lengths, window=window)
+        assert [next(again) for _ in range(25)] == steps[0][:25]  # a restart draws the same steps
+    spread = {w: np.mean([np.ptp([lengths[i] for i in step]) for step in epochs[w]]) for w in epochs}
+    assert spread[4] < spread[0] / 3
 
 
 def test_loss_weights_weigh_the_matched_spans_of_the_answer(tiny_model_path, sft_data):
