@@ -112,6 +112,8 @@ class GRPOConfig:
                               f"and learner.strategy=single (got {self.learner.strategy})")  # fmt: skip
         if ranks < 1:
             raise ConfigError(f"resources.learner_ranks must be at least 1, got {ranks}")
+        if self.learner.strategy == "ddp":
+            raise ConfigError("learner.strategy=ddp is for SFT; GRPO's learner ranks run single (one) or zero2/zero3 (several)")
         if ranks > 1 and self.learner.strategy == "single":
             raise ConfigError(f"resources.learner_ranks={ranks} needs learner.strategy=zero2 or zero3: "
                               "'single' trains in one process")  # fmt: skip

@@ -202,9 +202,15 @@ class SFTTrainer:
     # --- evaluate ------------------------------------------------------------------------------
     def evaluate(self, tag: str) -> dict | None:
         """Greedy generations on ``data.val`` from the final checkpoint, scored with ``eval.reward``
-        (rexthinker.quickeval). SFT evaluates once, at the ``"end"``."""
+        (rexthinker.quickeval). SFT evaluates once, at the ``"end"``, on rank 0, after the ranks have
+        left their process group."""
         e = self.cfg.eval
-        if tag != "end" or not e.enabled or not dist.is_main():
+        if tag != "end" or not e.enabled:
+            return None
+        if self.world > 1:  # training is over: every rank leaves the process group, so that rank 0's
+            dist.barrier()  # evaluation engine (vLLM sets up a group of its own) does not wait on ranks that left
+            dist.cleanup()
+        if not dist.is_main():
             return None
         faults.point("eval.end")
         if not self.cfg.data.val:

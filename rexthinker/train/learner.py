@@ -1,4 +1,5 @@
-"""The learner: one trainable model, its optimizer and schedule, on 1 process or sharded by DeepSpeed.
+"""The learner: one trainable model, its optimizer and schedule, on 1 process, replicated over several
+(torch DDP) or sharded by DeepSpeed.
 
 SFT and GRPO both drive it the same way::
 
@@ -10,8 +11,8 @@ SFT and GRPO both drive it the same way::
 
 The caller normalises the loss over the whole optimizer step (all micro-batches, all ranks), so the
 update does not depend on how a batch is split. DeepSpeed's own scaling is switched off for that
-(``scale_wrt_gas=False``); DeepSpeed still averages gradients over ranks, which callers undo by
-multiplying by the world size (:attr:`Learner.grad_scale`).
+(``scale_wrt_gas=False``); DeepSpeed and DDP still average gradients over ranks, which the learner
+undoes by multiplying by the world size (:attr:`Learner.grad_scale`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ class OptimConfig:
 
 @dataclass
 class LearnerConfig:
-    strategy: Literal["single", "zero2", "zero3"] = "single"
+    # single: one process. ddp: one full copy per process (torch DistributedDataParallel: gradients
+    # averaged over processes at every backward, everything else as single), for small models on
+    # many CPU cores or GPUs. zero2 / zero3: DeepSpeed, optimizer states (and weights) sharded.
+    strategy: Literal["single", "ddp", "zero2", "zero3"] = "single"
     # auto: bf16 on CUDA, fp32 on CPU. bf16: the weights themselves in bf16 (AdamW then rounds away
     # small updates). bf16-mixed: fp32 weights and optimizer, the forward under bf16 autocast (one
     # process only): faster matmuls where the CPU has AMX or AVX-512 BF16, or on a GPU.
@@ -109,8 +113,8 @@ class Learner:
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, cfg: LearnerConfig, total_steps: int, micro_batch_size: int = 1):
         self.cfg, self.optim_cfg = cfg, optim
         self.lora = lora.is_lora(model)  # only adapters train (rexthinker.models.lora)
-        if cfg.precision == "bf16-mixed" and cfg.strategy != "single":
-            raise ValueError(f"learner.precision bf16-mixed runs with strategy 'single'; under {cfg.strategy} use bf16 "
+        if cfg.precision == "bf16-mixed" and cfg.strategy not in ("single", "ddp"):
+            raise ValueError(f"learner.precision bf16-mixed runs with strategy 'single' or 'ddp'; under {cfg.strategy} use bf16 "
                              "(DeepSpeed keeps fp32 master weights itself)")  # fmt: skip
         dtype = resolve_precision(cfg.precision)
         model.to(dtype=dtype)
@@ -118,11 +122,15 @@ class Learner:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas, eps=optim.eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
-        self.engine = None
-        if cfg.strategy == "single":
-            if dist.world_size() > 1:
-                raise ValueError("strategy 'single' runs one process; use zero2 or zero3 with several")
+        self.engine, self.ddp = None, None
+        if cfg.strategy in ("single", "ddp"):
+            if cfg.strategy == "single" and dist.world_size() > 1:
+                raise ValueError("strategy 'single' runs one process; use ddp, zero2 or zero3 with several")
             model.to(dist.device())
+            if cfg.strategy == "ddp" and dist.world_size() > 1:
+                # Gradients are averaged at every backward (no no_sync): correct with any number of
+                # micro-batches, and the demo's steps have one.
+                self.ddp = torch.nn.parallel.DistributedDataParallel(model)
             self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         else:
             import deepspeed
@@ -143,11 +151,11 @@ class Learner:
     @property
     def grad_scale(self) -> float:
         """Factor a loss normalised over all ranks needs so gradient averaging yields the sum."""
-        return float(dist.world_size()) if self.engine is not None else 1.0
+        return float(dist.world_size()) if self.engine is not None or self.ddp is not None else 1.0
 
     def __call__(self, **batch):
         with torch.autocast(dist.device().type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16-mixed"):
-            return (self.engine or self.model)(**batch)
+            return (self.engine or self.ddp or self.model)(**batch)
 
     def set_boundary(self, is_last_micro_batch: bool) -> None:
         if self.engine is not None:
@@ -157,7 +165,7 @@ class Learner:
         if self.engine is not None:
             self.engine.backward(loss * self.grad_scale, scale_wrt_gas=False)
         else:
-            loss.backward()
+            (loss * self.grad_scale).backward()
 
     def current_lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from rexthinker.config import ConfigError
-from rexthinker.grpo.config import AlgorithmConfig, GRPOConfig, GRPOTrainerConfig
+from rexthinker.grpo.config import AlgorithmConfig, GRPOConfig, GRPOEvalConfig, GRPOTrainerConfig
 from rexthinker.grpo.trainer import GRPOTrainer, Rollouts
 from rexthinker.models.families import QWEN2_5_VL
-from rexthinker.quickeval import EvalConfig
+from rexthinker.train.learner import LearnerConfig
 
 
 def stream(samples: int = 7, per_step: int = 2, seed: int = 3) -> SimpleNamespace:
@@ -89,6 +89,11 @@ def test_settings_that_would_do_nothing_are_refused(algorithm, trainer, message)
         GRPOConfig(algorithm=algorithm, trainer=trainer)
 
 
+def test_ddp_is_refused_for_grpo():
+    with pytest.raises(ConfigError, match="ddp is for SFT"):
+        GRPOConfig(learner=LearnerConfig(strategy="ddp"))
+
+
 def test_valid_settings_load():
     GRPOConfig(algorithm=AlgorithmConfig(filter_zero_variance=True, refill_rounds=3))
-    GRPOConfig(trainer=GRPOTrainerConfig(val_every=5), eval=EvalConfig(enabled=True))
+    GRPOConfig(trainer=GRPOTrainerConfig(val_every=5), eval=GRPOEvalConfig(enabled=True))

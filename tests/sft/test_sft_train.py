@@ -194,9 +194,10 @@ def single_process_run(tiny_model_path, sft_data, tmp_path_factory):
     return _cli(overrides, root, "single"), root / "single"
 
 
-@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+@pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3"])
 def test_deepspeed_two_cpu_processes_match_one_process(tiny_model_path, sft_data, tmp_path, strategy, single_process_run):
-    """Same global batch (2 x 2 processes vs 4 x 1): same loss at step 1 and same weights after a step."""
+    """Same global batch (2 x 2 processes vs 4 x 1): same loss at step 1 and same weights after a step,
+    with torch DDP and with DeepSpeed."""
     single, single_dir = single_process_run
     overrides = _common(tiny_model_path, sft_data) + ["trainer.nproc=2", f"learner.strategy={strategy}", "trainer.per_device_batch_size=2"]
     multi = _cli(overrides, tmp_path, strategy)
@@ -208,6 +209,21 @@ def test_deepspeed_two_cpu_processes_match_one_process(tiny_model_path, sft_data
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
 
+
+
+@pytest.mark.vllm
+def test_two_ddp_processes_then_a_vllm_evaluation_on_rank_0(tiny_model_path, sft_data, tmp_path):
+    """The ranks leave their process group after training: rank 0's vLLM engine, which sets up a group
+    of its own, used to wait there for the rank that had already exited."""
+    overrides = _common(tiny_model_path, sft_data) + ["trainer.nproc=2", "learner.strategy=ddp", "trainer.per_device_batch_size=2",
+                                                     "learner.precision=bf16-mixed"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", REXTHINKER_COLLECTIVE_TIMEOUT_S="120")
+    cmd = [sys.executable, "-m", "rexthinker.sft", "--config", "recipes/configs/sft_demo.yaml", *overrides,
+           f"trainer.output_dir={tmp_path / 'run'}", "eval.enabled=true", "eval.backend=vllm", f"data.val=[{sft_data / 'train'}]",
+           "eval.num_samples=2", "eval.max_new_tokens=8"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["samples"] == 2
 
 def test_resume_refuses_an_rng_file_that_would_run_code(make_cfg, tmp_path):
     from rexthinker.train.checkpoint import UnsafeCheckpointError
