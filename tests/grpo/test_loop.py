@@ -61,6 +61,23 @@ def run(cfg, steps=None):
     return trainer, final
 
 
+def run_then_sample(cfg):
+    """Every step of ``cfg``'s run, then 2 samples of 2 prompts from the engine holding the weights of
+    the last sync, then the final checkpoint: ``(trainer, requests, groups, final)``."""
+    from rexthinker.grpo.trainer import GRPOTrainer
+
+    trainer = GRPOTrainer(cfg)
+    try:
+        while trainer.step < trainer.total_steps:
+            trainer.logger.log(trainer.step + 1, trainer.train_step())
+        requests, _ = trainer.build_requests([trainer.samples[i] for i in range(2)], trainer.step + 1, cfg.trainer.seed)
+        groups = trainer._generate(requests, 2)
+        final = trainer.finish()
+    finally:
+        trainer.cleanup()
+    return trainer, requests, groups, final
+
+
 def test_two_steps_through_ray_with_vllm_change_the_policy(tiny_model_path, grpo_cot, tmp_path):
     # Pixel limits other than the checkpoint's: vLLM must resize exactly like the learner's processor,
     # or the learner's forward fails on a different number of image tokens.
@@ -118,15 +135,7 @@ def test_two_qwen3_5_steps_roll_out_in_bf16_and_the_synced_engine_matches_the_le
         GRPOTrainer(cfg)
     cfg = make_cfg(model, grpo_cot, tmp_path / "run", f"reward.function={PLUGINS}:relative_length_score", "rollout.logprobs=true",
                    "algorithm.share_prompts=false")
-    trainer = GRPOTrainer(cfg)
-    try:
-        while trainer.step < trainer.total_steps:
-            trainer.logger.log(trainer.step + 1, trainer.train_step())
-        requests, _ = trainer.build_requests([trainer.samples[i] for i in range(2)], trainer.step + 1, cfg.trainer.seed)
-        groups = trainer._generate(requests, 2)  # by the engine holding the weights of the last sync
-        final = trainer.finish()
-    finally:
-        trainer.cleanup()
+    trainer, requests, groups, final = run_then_sample(cfg)
     assert trainer.reward.errors.failed == 0
     before = load_file(str(Path(model) / "model.safetensors"))
     after = load_file(str(final / "model.safetensors"))
@@ -152,21 +161,12 @@ def test_two_lora_steps_through_ray_train_the_adapters_and_the_engine_samples_th
     from transformers import AutoModelForImageTextToText
 
     from rexthinker.grpo.experience import collate
-    from rexthinker.grpo.trainer import GRPOTrainer
     from rexthinker.models import lora
     from tests.rollout.test_weight_sync import logprob_diffs
 
     cfg = make_cfg(tiny_model_path, grpo_data, tmp_path / "run", "model.lora.r=4", "model.lora.alpha=8", "model.freeze_vision=true",
                    "model.freeze_projector=true", "optim.lr=1e-2", "rollout.logprobs=true", "trainer.save_every=2")  # fmt: skip
-    trainer = GRPOTrainer(cfg)
-    try:
-        while trainer.step < trainer.total_steps:
-            trainer.logger.log(trainer.step + 1, trainer.train_step())
-        requests, _ = trainer.build_requests([trainer.samples[i] for i in range(2)], trainer.step + 1, cfg.trainer.seed)
-        groups = trainer._generate(requests, 2)  # by the engine holding the weights of the last sync
-        final = trainer.finish()
-    finally:
-        trainer.cleanup()
+    trainer, requests, groups, final = run_then_sample(cfg)
     step = tmp_path / "run" / "checkpoints" / "step-2"
     saved = torch.load(step / "learner" / "learner.pt", weights_only=True)["model"]
     assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved)  # the frozen base is model.path's
