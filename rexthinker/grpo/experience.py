@@ -215,17 +215,22 @@ def _shared_chunks(model, batch: dict[str, torch.Tensor], chunk: int = 0):
         last = out.logits[:, -1:]
 
 
-def token_logprobs_and_entropy(model, batch: dict[str, torch.Tensor], with_entropy: bool = False, chunk: int = 0):
+def token_logprobs_and_entropy(model, batch: dict[str, torch.Tensor], with_entropy: bool = False, chunk: int = 0,
+                               temperature: float = 1.0):  # fmt: skip
     """Per-token log-prob of each token given its prefix, aligned with the :func:`collate` layout
     (position t holds log p(x_t | x_<t); position 0 is 0), in float32; optionally the entropy at
     each position. A :func:`collate_shared` batch gives the same values at ``response_mask``
     positions (and zeros elsewhere); its responses run ``chunk`` columns at a time (see
-    :func:`_shared_chunks`), which changes the cost, not the values."""
+    :func:`_shared_chunks`), which changes the cost, not the values. ``temperature``: the
+    distribution the responses were sampled from, ``softmax(logits / temperature)`` (1, or 0 for
+    greedy: the logits as they are)."""
+    scale = 1.0 / temperature if temperature > 0 else 1.0
     if "group" in batch:
         r_ids = batch["response_input_ids"]
         lp = torch.zeros(r_ids.shape, dtype=torch.float32, device=r_ids.device)
         ent = torch.zeros_like(lp) if with_entropy else None
         for rows, start, logits in _shared_chunks(model, batch, chunk):
+            logits = logits * scale if scale != 1.0 else logits
             stop = start + logits.shape[1]
             lp[rows, start:stop] = token_logprobs(logits, r_ids[rows, start:stop])
             if with_entropy:
@@ -240,6 +245,7 @@ def token_logprobs_and_entropy(model, batch: dict[str, torch.Tensor], with_entro
         return out, entropy
     inputs = {k: v for k, v in batch.items() if k != "response_mask"}
     logits = model(**inputs).logits[:, :-1]
+    logits = logits * scale if scale != 1.0 else logits
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32, device=logits.device)
     out[:, 1:] = token_logprobs(logits, batch["input_ids"][:, 1:])
     if not with_entropy:

@@ -76,12 +76,13 @@ def micro_batches(
 
 
 @torch.no_grad()
-def response_logprobs(model, seqs: list[TokenSequence], alg: AlgorithmConfig, pad_id: int, lockstep: bool = False) -> list[torch.Tensor]:
+def response_logprobs(model, seqs: list[TokenSequence], alg: AlgorithmConfig, pad_id: int, lockstep: bool = False,
+                      temperature: float = 1.0) -> list[torch.Tensor]:  # fmt: skip
     """Log-probs of each sequence's response tokens under ``model`` (a list of 1-D CPU tensors);
     ``lockstep`` for the learner's own (possibly ZeRO-3 sharded) model, see :func:`micro_batches`."""
     out: list[torch.Tensor | None] = [None] * len(seqs)
     for rows, batch, weightless in micro_batches(seqs, range(len(seqs)), alg, pad_id, lockstep=lockstep):
-        lp, _ = token_logprobs_and_entropy(model, batch, chunk=alg.response_chunk)
+        lp, _ = token_logprobs_and_entropy(model, batch, chunk=alg.response_chunk, temperature=temperature)
         for k, r in enumerate(rows):
             if not weightless[k]:  # a lockstep replay's rows were recorded before
                 out[r] = lp[k][batch["response_mask"][k]].cpu()
@@ -97,13 +98,14 @@ def _place(values: list[torch.Tensor], rows: list[int], mask: torch.Tensor) -> t
 
 
 @torch.no_grad()
-def sequence_kl(learner: Learner, reference, seqs: list[TokenSequence], alg: AlgorithmConfig, pad_id: int) -> list[float]:
+def sequence_kl(learner: Learner, reference, seqs: list[TokenSequence], alg: AlgorithmConfig, pad_id: int,
+                temperature: float = 1.0) -> list[float]:  # fmt: skip
     """KL(policy || reference) of each sequence (:func:`~rexthinker.grpo.algorithm.sequence_kl`):
     what ``kl_mode=reward`` subtracts, times ``kl_coef``, from the rewards before advantages."""
     policy, out = learner.module.eval(), [0.0] * len(seqs)
     for rows, batch, weightless in micro_batches(seqs, range(len(seqs)), alg, pad_id, lockstep=True):
-        lp, _ = token_logprobs_and_entropy(policy, batch, chunk=alg.response_chunk)
-        ref_lp, _ = token_logprobs_and_entropy(reference, batch, chunk=alg.response_chunk)
+        lp, _ = token_logprobs_and_entropy(policy, batch, chunk=alg.response_chunk, temperature=temperature)
+        ref_lp, _ = token_logprobs_and_entropy(reference, batch, chunk=alg.response_chunk, temperature=temperature)
         kl = A.sequence_kl(lp, ref_lp, batch["response_mask"], alg.kl_estimator)
         for k, r in enumerate(rows):
             if not weightless[k]:  # a lockstep replay's rows were recorded before
@@ -121,7 +123,7 @@ def _normalisers(seqs: list[TokenSequence], mini: list[int], weightless: torch.T
 
 def update(
     learner: Learner, reference, seqs: list[TokenSequence], advantages: torch.Tensor, alg: AlgorithmConfig, *,
-    pad_id: int, step: int, loss_scale_tokens: int, weightless: torch.Tensor | None = None,
+    pad_id: int, step: int, loss_scale_tokens: int, weightless: torch.Tensor | None = None, temperature: float = 1.0,
 ) -> dict[str, float]:  # fmt: skip
     """``ppo_epochs x mini_batches`` optimizer steps of ``learner`` on ``seqs`` and their (N,)
     ``advantages``; ``weightless`` (N,) bool marks rows that carry no loss.
@@ -131,7 +133,9 @@ def update(
     policy, so run in lockstep); with ``kl_mode=loss`` it gives the KL loss term. ``step`` seeds the mini-batch shuffle; ``loss_scale_tokens`` is
     ``seq-mean-token-sum-norm``'s constant (the maximum response length). Losses are normalised
     over all ranks and the returned metrics (``actor/*``, ``time/learner_*_s``) are reduced over
-    them, so every rank must call this at once."""
+    them, so every rank must call this at once. ``temperature``: the rollouts' sampling temperature;
+    every log-prob (policy, old, reference) is taken at it, so the ratio and the KL compare the
+    distributions the responses were drawn from."""
     weightless = torch.zeros(len(seqs), dtype=torch.bool) if weightless is None else weightless.bool().cpu()
     advantages = advantages.float()
     model = learner.module
@@ -139,11 +143,13 @@ def update(
     times: dict[str, float] = {}
 
     start = time.perf_counter()
-    ref = response_logprobs(reference, seqs, alg, pad_id, lockstep=getattr(reference, "lockstep", False)) if kl_loss else None
+    ref = None
+    if kl_loss:
+        ref = response_logprobs(reference, seqs, alg, pad_id, lockstep=getattr(reference, "lockstep", False), temperature=temperature)
     times["time/learner_ref_logprobs_s"] = time.perf_counter() - start
     start = time.perf_counter()
     reuse_current = alg.ppo_epochs == 1 and alg.mini_batches == 1  # the policy cannot move before it is used
-    old = None if reuse_current else response_logprobs(model.eval(), seqs, alg, pad_id, lockstep=True)
+    old = None if reuse_current else response_logprobs(model.eval(), seqs, alg, pad_id, lockstep=True, temperature=temperature)
     times["time/learner_old_logprobs_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -159,7 +165,7 @@ def update(
             micro = list(micro_batches(seqs, mini, alg, pad_id, weightless, lockstep=True))
             for k, (rows, batch, rows_weightless) in enumerate(micro):
                 learner.set_boundary(k == len(micro) - 1)
-                lp, ent = token_logprobs_and_entropy(learner, batch, with_entropy=True, chunk=alg.response_chunk)
+                lp, ent = token_logprobs_and_entropy(learner, batch, with_entropy=True, chunk=alg.response_chunk, temperature=temperature)
                 mask = batch["response_mask"]
                 loss_mask = mask & ~rows_weightless.to(mask.device)[:, None]
                 old_lp = lp.detach() if old is None else _place(old, rows, mask)

@@ -62,7 +62,8 @@ class PolicyWorker:
     # --- API used by the driver ----------------------------------------------------------------
     def sequence_kl(self, prompts, responses) -> list[float]:
         """Summed per-token KL(policy || reference) of each response (for KL as a reward penalty)."""
-        return sequence_kl(self.learner, self.reference, self._sequences(prompts, responses), self.cfg.algorithm, self.pad_id)
+        return sequence_kl(self.learner, self.reference, self._sequences(prompts, responses), self.cfg.algorithm, self.pad_id,
+                           temperature=self.cfg.rollout.temperature)  # fmt: skip
 
     def train_step(self, prompts, responses, advantages: torch.Tensor | Sequence[float], step: int, weightless: int = 0) -> dict[str, float]:
         """:func:`~rexthinker.grpo.update.update` on one rollout batch; the last ``weightless``
@@ -70,7 +71,8 @@ class PolicyWorker:
         seqs = self._sequences(prompts, responses)
         flags = torch.arange(len(seqs)) >= len(seqs) - weightless
         metrics = update(self.learner, self.reference, seqs, torch.as_tensor(advantages, dtype=torch.float32), self.cfg.algorithm,
-                         pad_id=self.pad_id, step=step, loss_scale_tokens=self.cfg.rollout.max_new_tokens, weightless=flags)  # fmt: skip
+                         pad_id=self.pad_id, step=step, loss_scale_tokens=self.cfg.rollout.max_new_tokens, weightless=flags,
+                         temperature=self.cfg.rollout.temperature)  # fmt: skip
         if torch.cuda.is_available():
             metrics["perf/peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return metrics

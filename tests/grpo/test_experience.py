@@ -70,6 +70,28 @@ def test_shared_prompts_give_the_same_logprobs_entropy_and_gradients(model_and_p
         assert ((g1[name] - g2[name]).abs().max() / scale) < 1e-4, name
 
 
+def test_logprobs_at_the_sampling_temperature_in_both_layouts(model_and_processor):
+    """softmax(logits / T): what a rollout at temperature T samples from; T = 0 (greedy) and 1 leave
+    the logits as they are."""
+    model, processor = model_and_processor
+    model.eval()
+    seqs = _sequences(processor, [(6, 11), (4,)])
+    pad = processor.tokenizer.pad_token_id
+    plain, shared = collate(seqs, pad), collate_shared(seqs, pad)
+    mask = plain["response_mask"]
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in plain.items() if k != "response_mask"}).logits[:, :-1].float()
+        at_one, _ = token_logprobs_and_entropy(model, plain)
+        for temperature in (0.5, 1.0, 0.0):
+            want = torch.zeros_like(at_one)
+            scaled = logits / temperature if temperature > 0 else logits
+            want[:, 1:] = torch.log_softmax(scaled, -1).gather(-1, plain["input_ids"][:, 1:, None]).squeeze(-1)
+            for batch, chunk in ((plain, 0), (shared, 3)):
+                got, _ = token_logprobs_and_entropy(model, batch, chunk=chunk, temperature=temperature)
+                assert torch.allclose(got[mask], want[mask], atol=1e-5), (temperature, chunk)
+        half, _ = token_logprobs_and_entropy(model, plain, temperature=0.5)
+        assert not torch.allclose(half[mask], at_one[mask], atol=1e-3)
+
 @pytest.mark.parametrize("chunk", [0, 1])
 def test_shared_batch_of_empty_responses_still_runs(model_and_processor, chunk):
     model, processor = model_and_processor
