@@ -17,7 +17,12 @@ Each sample is a hint list of N boxes followed by a target the loss covers. Layo
                  there is none): the selection the referring answer makes;
 - ``summary-all`` the same, but every summary line states its box before the mark,
                  ``Person i [box] : ... -> ✅|❌`` (the box is an in-order copy; the answer has to
-                 pick the boxes whose line ends in ✅).
+                 pick the boxes whose line ends in ✅);
+- ``compare``    no copy: ``Find <colour>``, then a line per hint ``Person i [box] : <its colour> ->
+                 yes|no`` with only the mark trained: yes when the line's colour is the asked one
+                 (``same``), no otherwise (``other``); 30 % ask a colour nobody has. The verdict a
+                 referring trace writes after each shirt it reads (benchmarks/trace_probe.py's
+                 ``same colour`` / ``other colour`` columns), without the image.
 
 ``--queries Q`` asks Q labels per sample (dense supervision; every box copy is a training signal).
 Numbers are one token per integer (``integers``) or one token per digit (``digits``, as the Qwen
@@ -40,10 +45,11 @@ import torch
 from probe_loop import train_for
 
 COORD_MAX = 480  # x in [0, 480], y in [0, 300]: the demo's model frame
+COLOURS = 6  # shirt colours of the compare layout (SynthRef's palette)
 
 
 class Vocab:
-    def __init__(self, tokens: str):
+    def __init__(self, tokens: str, colours: int = 0):
         self.tokens = tokens
         words = ["<pad>", "<s>", "</s>", "[", "]", ",", "[[", "]]", "Person", "Answer", "\n", ":", "->", "yes", "no", "None"]
         words += [f"w{i}" for i in range(8)]  # filler words of a summary line's reason
@@ -52,6 +58,7 @@ class Vocab:
             words += [f"d{i}" for i in range(10)]
         else:
             words += [f"n{i}" for i in range(COORD_MAX + 1)]
+        words += ["Find", *(f"c{i}" for i in range(colours))] if colours else []  # last: other layouts keep their ids
         self.words = words
         self.index = {w: i for i, w in enumerate(words)}
 
@@ -94,7 +101,7 @@ def make_sample(rng: random.Random, vocab: Vocab, layout: str, n: int, queries: 
         ids += vocab.box(b) + (vocab(",") if i < n - 1 else vocab("]]"))
     ids += vocab("\n")
     loss = [0] * len(ids)
-    spans: dict[str, list[tuple[int, int]]] = {"answer": [], "restate": [], "summary": []}
+    spans: dict[str, list[tuple[int, int]]] = {"answer": [], "restate": [], "summary": [], "same": [], "other": []}
 
     def emit(tokens: list[int], train: bool, kind: str | None = None) -> None:
         if kind:
@@ -102,6 +109,17 @@ def make_sample(rng: random.Random, vocab: Vocab, layout: str, n: int, queries: 
         ids.extend(tokens)
         loss.extend([int(train)] * len(tokens))
 
+    if layout == "compare":
+        palette = rng.sample(range(COLOURS), rng.randint(2, 4))
+        colours = [rng.choice(palette) for _ in boxes]
+        absent = [c for c in range(COLOURS) if c not in colours]
+        asked = rng.choice(absent) if rng.random() < 0.3 else rng.choice(colours)
+        emit(vocab("Find", f"c{asked}", "\n"), train=True)
+        for i, (b, c) in enumerate(zip(boxes, colours)):
+            emit(vocab.label(i + 1) + vocab.box(b) + vocab(":", f"c{c}", "->"), train=False)
+            emit(vocab("yes" if c == asked else "no"), train=True, kind="same" if c == asked else "other")
+            emit(vocab("\n"), train=True)
+        queries = 0
     if layout in ("enumerate", "summary", "summary-all"):
         for i, b in enumerate(boxes):
             emit(vocab.label(i + 1), train=True)
@@ -169,25 +187,26 @@ def evaluate(model, rows, pad: int) -> dict[str, float]:
     ids, mask, _ = collate(rows, pad)
     pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
     model.train()
-    kinds = ("answer", "restate", "summary")
+    kinds = ("answer", "restate", "summary", "same", "other")
     right, first, total = dict.fromkeys(kinds, 0), dict.fromkeys(kinds, 0), dict.fromkeys(kinds, 0)
     for i, (tokens, _, spans) in enumerate(rows):
         for kind, items in spans.items():
             for a, b in items:  # a is the box's "[", a + 1 its first number: the token that selects the box
                 total[kind] += 1
                 right[kind] += int(pred[i, a - 1 : b - 1].tolist() == tokens[a:b])
-                first[kind] += int(pred[i, a].item() == tokens[a + 1])
+                first[kind] += int(pred[i, a].item() == tokens[a + 1]) if b - a > 1 else 0
     out = {}
     for k in total:
         if total[k]:
             out[f"exact_{k}"] = round(right[k] / total[k], 3)
-            out[f"first_{k}"] = round(first[k] / total[k], 3)
+            if k not in ("same", "other"):  # one-token marks have no first number
+                out[f"first_{k}"] = round(first[k] / total[k], 3)
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layout", choices=("query", "labelled", "enumerate", "summary", "summary-all"), default="enumerate")
+    p.add_argument("--layout", choices=("query", "labelled", "enumerate", "summary", "summary-all", "compare"), default="enumerate")
     p.add_argument("--tokens", choices=("integers", "digits"), default="integers")
     p.add_argument("--hints", default="3-9", help="final range of the hint count, lo-hi")
     p.add_argument("--curriculum", default="", help='earlier stages, e.g. "1-1:300,1-3:300" (range:steps)')
@@ -211,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    vocab = Vocab(args.tokens)
+    vocab = Vocab(args.tokens, COLOURS if args.layout == "compare" else 0)
     final = tuple(int(v) for v in args.hints.split("-"))
     stages = parse_curriculum(args.curriculum, final)
     config = Qwen2Config(vocab_size=len(vocab), hidden_size=args.width, intermediate_size=3 * args.width,

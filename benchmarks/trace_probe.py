@@ -9,6 +9,9 @@ overlaps it is right:
 - ``attributes``: what a step or summary line states of a candidate ("Person 2 [...]: <red shirt, tall> →");
 - ``colour``: the shirt colour word of those lines (the region a box names, read);
 - ``verdict``: each line's mark (⚠ / ❌ / ✅);
+- ``same colour`` / ``other colour``: the mark of a line in a "Find the people in a <colour> shirt"
+  step whose shirt is / is not that colour (⚠ / ❌): whether the model compares the colour it read
+  with the one asked for, or marks lines regardless of it;
 - ``answer``: the whole ``<answer>`` JSON.
 
 It separates what a generation-time F1 mixes: a base that reads colours in its own describe chats
@@ -26,12 +29,32 @@ from pathlib import Path
 
 import torch
 
-PARTS = {
-    "expression": re.compile(r"detect (.+?)\. To accomplish"),
-    "attributes": re.compile(r"Person \d+[^:\n]*: ([^→\n]+) →"),
-    "colour": re.compile(r"Person \d+[^:\n]*: (\w+) shirt"),
-    "verdict": re.compile(r"→ (⚠|❌|✅)"),
-    "answer": re.compile(r"<answer>(.*)</answer>", re.S),
+COLOUR_STEP = re.compile(r"# Step \d+: Find the people in an? (\w+) shirt\n((?:- [^\n]*\n?)+)")
+COLOUR_LINE = re.compile(r"Person \d+[^:\n]*: (\w+) shirt → (⚠|❌)")
+
+
+def colour_marks(text: str, same: bool) -> list[tuple[int, int]]:
+    """Spans of the marks of colour-step lines whose shirt is (``same``) or is not the asked colour."""
+    spans = []
+    for step in COLOUR_STEP.finditer(text):
+        for line in COLOUR_LINE.finditer(step[2]):
+            if (line[1] == step[1]) == same:
+                spans.append((step.start(2) + line.start(2), step.start(2) + line.end(2)))
+    return spans
+
+
+def _group(pattern: re.Pattern):
+    return lambda text: [m.span(1) for m in pattern.finditer(text)]
+
+
+PARTS = {  # part -> the character spans of a target text it covers
+    "expression": _group(re.compile(r"detect (.+?)\. To accomplish")),
+    "attributes": _group(re.compile(r"Person \d+[^:\n]*: ([^→\n]+) →")),
+    "colour": _group(re.compile(r"Person \d+[^:\n]*: (\w+) shirt")),
+    "verdict": _group(re.compile(r"→ (⚠|❌|✅)")),
+    "same colour": lambda text: colour_marks(text, True),
+    "other colour": lambda text: colour_marks(text, False),
+    "answer": _group(re.compile(r"<answer>(.*)</answer>", re.S)),
 }
 
 
@@ -55,9 +78,8 @@ def probe(model_path: str, samples) -> dict[str, dict[str, float]]:
         with torch.no_grad():
             logits = model(**{k: v for k, v in batch.items() if k not in ("labels", "skipped")}).logits[0]
         hit = logits[:-1].argmax(-1) == features.input_ids[1:]  # hit[t]: token t + 1 predicted
-        for name, pattern in PARTS.items():
-            for match in pattern.finditer(target):
-                a, z = match.span(1)
+        for name, spans in PARTS.items():
+            for a, z in spans(target):
                 tokens = [first + j - 1 for j, (x, y) in enumerate(offsets) if x < z and y > a]
                 total[name] += 1
                 right[name] += bool(hit[tokens].all())

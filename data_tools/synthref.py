@@ -16,13 +16,15 @@ Layout under --out:
 Example:
   python -m data_tools synthref --out data/synthref --train 8000 --val 1000 --test 1000 --seed 0
 
-A named level sets several at once: --level demo (what make demo trains: small images, 2-4 people
-with their hint numbers drawn on, traces that state each candidate's box). Generator settings are
+A named level sets several at once: --level demo (small images, 2-4 people with their hint numbers
+drawn on, traces that state each candidate's box: what make demo trains), --level demo-colour (the
+demo level with shirt colour as the only attribute asked or drawn). Generator settings are
 then overridden with trailing key=value pairs (JSON values), e.g.
   ... persons=[3,6] domain_weights.rejection=0.2
   ... trace_boxes=true   (each trace line states its box in the --min/--max-pixels model frame;
                           Qwen2.5-VL's pixels only, refused with a 0-1000 --family)
   ... marks=true         (each person's hint number drawn on the torso)
+  ... 'attributes=["color","tall"]'   (what figures vary in and questions ask about)
 """
 
 from __future__ import annotations

@@ -240,3 +240,24 @@ def test_demo_level_shows_the_shirt_around_a_coloured_tag():
     cfg = level_config("demo")
     assert (cfg.marks, cfg.mark_colours, cfg.mark_size, cfg.torso_width, cfg.p_tree) == (True, True, 0.4, 0.6, 0.0)
     assert level_config("full").mark_size == 0.65 and level_config("full").torso_width == 0.40  # the full level is unchanged
+
+
+def test_attributes_left_out_are_neither_drawn_nor_asked():
+    with pytest.raises(ValueError, match="must hold 'color'"):
+        SynthRefConfig(attributes=("hat",))
+    with pytest.raises(ValueError, match="sub_domain_weights.outer_interaction=0"):
+        SynthRefConfig(attributes=("color", "hat"))  # a flag question needs flags
+    colour_only = level_config("demo", ['attributes=["color"]', "sub_domain_weights.outer_interaction=0",
+                                        "sub_domain_weights.positive_then_negative=0"])
+    samples = generate(120, seed=3, config=colour_only)
+    assert {s.domain for s in samples} == set(DOMAINS)  # interaction keeps its hand-holding questions
+    words = re.compile(r"\b(hat|tall|short|flag)\b")
+    assert not [s.referring for s in samples if words.search(s.referring)]
+    assert not [s.id for s in samples if words.search(s.think)]
+    rng = sample_rng(3, "train", 0)
+    scenes = [make_scene(rng, colour_only, set()) for _ in range(50)]
+    assert not any(f.hat or f.tall or f.flag for scene in scenes for f in scene.figures)
+    # the full set asks about every attribute, and leaving it at its default changes nothing
+    full = generate(120, seed=3, config=level_config("demo", ['attributes=["color", "hat", "tall", "flag"]']))
+    assert [s.think for s in full] == [s.think for s in generate(120, seed=3, config=level_config("demo"))]
+    assert {m for s in full for m in words.findall(s.referring)} >= {"hat", "tall", "flag"}

@@ -1,4 +1,4 @@
-"""The learning probes (benchmarks/copy_probe.py, benchmarks/region_probe.py) run, score what they
+"""The learning probes (benchmarks/copy_probe.py, benchmarks/region_probe.py, benchmarks/trace_probe.py) run, score what they
 claim to score, and append their result rows; the measured runs themselves are benchmarks."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from tests.scripts.helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import copy_probe  # noqa: E402
+import trace_probe  # noqa: E402
 
 
 @pytest.mark.parametrize("layout", ["query", "labelled", "enumerate", "summary", "summary-all"])
@@ -59,3 +60,37 @@ def test_plot_reads_result_rows_and_saved_output(tmp_path):
     assert [h["exact_answer"] for h in runs[1]["history"]] == [0.1, 0.2]
     out = plot_probes.plot(runs, ["exact_answer"], tmp_path / "curves.png", "t")
     assert out.stat().st_size > 1000
+
+
+def test_trace_probe_splits_colour_verdicts_by_the_asked_colour():
+    from rexthinker.data.synthref import generate, level_config
+
+    samples = [s for s in generate(60, seed=5, config=level_config("demo-colour")) if "shirt\n- Person" in s.think]
+    assert samples
+    for sample in samples:
+        same, other = (trace_probe.colour_marks(sample.think, flag) for flag in (True, False))
+        assert all(sample.think[a:z] == "⚠" for a, z in same) and all(sample.think[a:z] == "❌" for a, z in other)
+        steps = trace_probe.COLOUR_STEP.findall(sample.think)
+        lines = [(asked, shirt) for asked, body in steps for shirt, _ in trace_probe.COLOUR_LINE.findall(body)]
+        assert len(same) == sum(a == b for a, b in lines) and len(other) == sum(a != b for a, b in lines)
+    assert any(trace_probe.colour_marks(s.think, True) for s in samples)
+    assert any(trace_probe.colour_marks(s.think, False) for s in samples)
+
+
+def test_copy_probe_compare_layout_trains_only_the_marks():
+    vocab = copy_probe.Vocab("digits", copy_probe.COLOURS)
+    rng, seen = random.Random(4), set()
+    for _ in range(40):
+        ids, loss, spans = copy_probe.make_sample(rng, vocab, "compare", rng.randint(2, 4), 1)
+        words = [vocab.words[i] for i in ids]
+        asked = words[words.index("Find") + 1]
+        assert not spans["answer"] and not spans["restate"]
+        for kind, mark in (("same", "yes"), ("other", "no")):
+            for a, b in spans[kind]:
+                assert words[a:b] == [mark] and loss[a] == 1 and (words[a - 2] == asked) == (kind == "same")
+                seen.add(kind)
+        marks = [i for i, w in enumerate(words) if w in ("yes", "no")]
+        assert len(marks) == len(spans["same"]) + len(spans["other"])
+        assert sum(loss) == len(marks) + len(marks) + 3 + 1  # marks, their newlines, "Find <colour> \n", </s>
+    assert seen == {"same", "other"}
+    assert copy_probe.Vocab("digits").words == vocab.words[: len(copy_probe.Vocab("digits").words)]

@@ -42,6 +42,9 @@ SUB_DOMAINS = {
 DOMAINS = ("attribute", "position", "interaction", "reasoning", "rejection")
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
+ATTRIBUTES = ("color", "hat", "tall", "flag")
+# sub-domain -> the attributes it cannot do without (one of them is enough)
+SUB_DOMAIN_NEEDS = {"outer_interaction": {"flag"}, "positive_then_negative": {"hat", "tall", "flag"}}
 CATEGORY = "person"
 
 
@@ -55,6 +58,9 @@ class SynthRefConfig:
     min_slot_px: int = 44  # horizontal room per figure; caps the person count on narrow images
     colors: tuple[str, ...] = tuple(PALETTE)
     colors_per_image: tuple[int, int] = (2, 4)
+    # The attributes figures vary in and questions ask about (shirt colour always). One left out is
+    # not drawn (no hats, flags or tall figures) and no question names it; a demo-level lever.
+    attributes: tuple[str, ...] = ATTRIBUTES
     p_hat: float = 0.4
     p_tall: float = 0.5
     p_flag: float = 0.3
@@ -110,6 +116,13 @@ class SynthRefConfig:
                 raise ValueError(f"SynthRefConfig.{name} must be 0 < lo <= hi, got {(lo, hi)}")
             setattr(self, name, (int(lo), int(hi)))
         self.colors = tuple(self.colors)
+        self.attributes = tuple(self.attributes)
+        if "color" not in self.attributes or not set(self.attributes) <= set(ATTRIBUTES):
+            raise ValueError(f"SynthRefConfig.attributes must hold 'color' and only {ATTRIBUTES}, got {self.attributes}")
+        for sub, needs in SUB_DOMAIN_NEEDS.items():
+            if self.sub_domain_weights.get(sub, 0) > 0 and not needs & set(self.attributes):
+                raise ValueError(f"sub-domain {sub!r} needs one of the attributes {sorted(needs)}, which "
+                                 f"attributes={list(self.attributes)} leaves out: give it sub_domain_weights.{sub}=0")
         unknown = [c for c in self.colors if c not in PALETTE]
         if unknown:
             raise ValueError(f"unknown colours {unknown}; choose from {sorted(PALETTE)}")
@@ -150,6 +163,13 @@ LEVELS: dict[str, dict] = {
     "demo": {"width": (224, 280), "height": (140, 168), "persons": (2, 4), "marks": True, "mark_colours": True,
              "mark_size": 0.4, "torso_width": 0.6, "p_tree": 0.0, "trace_boxes": True},
 }
+# "demo-colour": the demo level with shirt colour as the only attribute (no hats, flags or tall
+# figures; hand-holding, order and the tree stay), so every question's attribute is one the demo base
+# reads. The flag questions of the interaction domain and the positive-then-negative ones of the
+# reasoning domain need another attribute and are left out.
+LEVELS["demo-colour"] = {**LEVELS["demo"], "attributes": ("color",),
+                         "sub_domain_weights": {**SynthRefConfig().sub_domain_weights, "outer_interaction": 0.0,
+                                                "positive_then_negative": 0.0}}
 
 
 def level_config(level: str = "full", overrides: Sequence[str] = (), **settings) -> SynthRefConfig:

@@ -132,19 +132,26 @@ def _sort_step(scene: Scene, indices: list[int] | None = None, what: str = "peop
     return Step(f"Sort the {what} from left to right", note=note)
 
 
+def _asked(kinds: Sequence, cfg: SynthRefConfig) -> list:
+    """The entries of ``kinds`` (attribute names, or tuples of them) that only name attributes the
+    questions may ask about (``cfg.attributes``); order and repeats kept."""
+    return [k for k in kinds if set((k,) if isinstance(k, str) else k) <= set(cfg.attributes)]
+
+
 _ATTRIBUTE_KINDS = (
     ("color",), ("hat",), ("tall",), ("color", "hat"), ("color", "tall"), ("tall", "hat"), ("color", "tall", "hat")
 )
 _ATTRIBUTE_WEIGHTS = (0.25, 0.125, 0.125, 0.13, 0.13, 0.12, 0.12)
 
 
-def _q_attribute(scene: Scene, rng: random.Random) -> Query | None:
+def _q_attribute(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
     fig = rng.choice(scene.figures)  # describe someone who is there, so the answer is never empty
-    kinds = rng.choices(_ATTRIBUTE_KINDS, weights=_ATTRIBUTE_WEIGHTS)[0]
+    allowed = [(kinds, w) for kinds, w in zip(_ATTRIBUTE_KINDS, _ATTRIBUTE_WEIGHTS) if _asked([kinds], cfg)]
+    kinds = rng.choices([k for k, _ in allowed], weights=[w for _, w in allowed])[0]
     return _attribute_query(scene, _terms_of(fig, kinds))
 
 
-def _q_inner_position(scene: Scene, rng: random.Random) -> Query | None:
+def _q_inner_position(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
     order = scene.left_to_right()
     n = scene.n
     kind = rng.choices(("ordinal", "group", "filtered"), weights=(0.35, 0.4, 0.25))[0]
@@ -245,7 +252,7 @@ def _tree_relation_step(
 _TREE_PHRASE = {"left": "to the left of the tree", "right": "to the right of the tree", "next": "next to the tree"}
 
 
-def _q_outer_position(scene: Scene, rng: random.Random) -> Query | None:
+def _q_outer_position(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
     relations = ["next"]
     relations += ["left"] if scene.tree_after > 0 else []
     relations += ["right"] if scene.tree_after < scene.n else []
@@ -264,7 +271,7 @@ def hands_text(scene: Scene, i: int) -> str:
     return "holds hands with " + " and ".join(candidate_name(CATEGORY, p) for p in partners)
 
 
-def _q_inner_interaction(scene: Scene, rng: random.Random) -> Query | None:
+def _q_inner_interaction(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
     holders = [i for i in range(scene.n) if scene.hands[i]]
     if not holders:
         return None
@@ -287,20 +294,21 @@ def _q_inner_interaction(scene: Scene, rng: random.Random) -> Query | None:
     return Query(referring, targets, steps, _summary(scene, targets, notes))
 
 
-def _q_outer_interaction(scene: Scene, rng: random.Random) -> Query | None:
+def _q_outer_interaction(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
     holders = [f for f in scene.figures if f.flag]
     if not holders:
         return None
     fig = rng.choice(holders)
-    extra = rng.choices(((), ("color",), ("tall",)), weights=(0.5, 0.3, 0.2))[0]
+    extras = [(kinds, w) for kinds, w in (((), 0.5), (("color",), 0.3), (("tall",), 0.2)) if _asked([kinds], cfg)]
+    extra = rng.choices([k for k, _ in extras], weights=[w for _, w in extras])[0]
     return _attribute_query(scene, [*_terms_of(fig, extra), Term("flag", True)])
 
 
-def _unique_reference(scene: Scene, rng: random.Random) -> tuple[int, list[Term]] | None:
+def _unique_reference(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[int, list[Term]] | None:
     """A person that one or two visible attributes single out, and those attributes."""
     options = []
     for i, fig in enumerate(scene.figures):
-        for kinds in (("color",), ("color", "hat")):
+        for kinds in _asked((("color",), ("color", "hat")), cfg):
             terms = _terms_of(fig, kinds)
             if sum(all(t.holds(f) for t in terms) for f in scene.figures) == 1:
                 options.append((i, terms))
@@ -308,8 +316,8 @@ def _unique_reference(scene: Scene, rng: random.Random) -> tuple[int, list[Term]
     return rng.choice(options) if options else None
 
 
-def _q_inner_position_two_stage(scene: Scene, rng: random.Random) -> Query | None:
-    found = _unique_reference(scene, rng)
+def _q_inner_position_two_stage(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
+    found = _unique_reference(scene, rng, cfg)
     if found is None:
         return None
     ref, terms = found
@@ -349,13 +357,13 @@ def _q_inner_position_two_stage(scene: Scene, rng: random.Random) -> Query | Non
     return Query(referring, targets, [first, _sort_step(scene), last], _summary(scene, targets, notes))
 
 
-def _q_outer_position_two_stage(scene: Scene, rng: random.Random) -> Query | None:
+def _q_outer_position_two_stage(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
     order = scene.left_to_right()
     fig_index = rng.choice(order)
     fig = scene.figures[fig_index]
     relations = [_tree_side(scene, fig_index)] + (["next"] if _next_to_tree(scene, fig_index) else [])
     relation = rng.choice(relations)
-    terms = _terms_of(fig, [rng.choice(("color", "color", "hat", "tall"))])
+    terms = _terms_of(fig, [rng.choice(_asked(("color", "color", "hat", "tall"), cfg))])
     notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
     steps, pool = _filter_steps(scene, terms, list(range(scene.n)), notes)
     step, targets = _tree_relation_step(scene, relation, pool, notes)
@@ -363,15 +371,15 @@ def _q_outer_position_two_stage(scene: Scene, rng: random.Random) -> Query | Non
     return Query(referring, targets, [*steps, _tree_step(scene), step], _summary(scene, targets, notes))
 
 
-def _q_positive_then_negative(scene: Scene, rng: random.Random) -> Query | None:
+def _q_positive_then_negative(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
     fig = rng.choice(scene.figures)
-    kind = rng.choice(("color", "hat", "tall"))
+    kind = rng.choice(_asked(("color", "hat", "tall"), cfg))
     positive = Term(kind, getattr(fig, kind))
     survivors = [f for f in scene.figures if positive.holds(f)]
     negatives = []
-    if positive.kind != "hat" and not fig.hat:
+    if positive.kind != "hat" and not fig.hat and "hat" in cfg.attributes:
         negatives.append(Term("hat", True, negate=True))
-    if not fig.flag:
+    if not fig.flag and "flag" in cfg.attributes:
         negatives.append(Term("flag", True, negate=True))
     if positive.kind != "color":
         negatives += [Term("color", c, negate=True) for c in sorted({f.color for f in survivors}) if c != fig.color]
@@ -394,14 +402,14 @@ def _q_rejection(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query
         kind: [terms for terms in combos if not any(all(t.holds(f) for t in terms) for f in scene.figures)]
         for kind, combos in options.items()
     }
-    kinds = [kind for kind, combos in absent.items() if combos]
+    kinds = [kind for kind, combos in absent.items() if combos and kind in cfg.attributes]
     if not kinds:
         return None
     terms = rng.choice(absent[rng.choice(kinds)])
     return _attribute_query(scene, terms)
 
 
-_BUILDERS = {  # sub-domain -> question builder (rejection takes the config too)
+_BUILDERS = {  # sub-domain -> question builder
     "attribute": _q_attribute,
     "inner_position": _q_inner_position,
     "outer_position": _q_outer_position,
@@ -410,6 +418,7 @@ _BUILDERS = {  # sub-domain -> question builder (rejection takes the config too)
     "inner_position_two_stage": _q_inner_position_two_stage,
     "outer_position_two_stage": _q_outer_position_two_stage,
     "positive_then_negative": _q_positive_then_negative,
+    "rejection": _q_rejection,
 }
 NEEDS = {  # what a sub-domain's scene must contain
     "outer_position": {"tree"},
@@ -422,6 +431,4 @@ NEEDS = {  # what a sub-domain's scene must contain
 
 def build_query(scene: Scene, sub_domain: str, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
     """A ``sub_domain`` question about ``scene``, or None when the scene has none."""
-    if sub_domain == "rejection":
-        return _q_rejection(scene, rng, cfg)
-    return _BUILDERS[sub_domain](scene, rng)
+    return _BUILDERS[sub_domain](scene, rng, cfg)

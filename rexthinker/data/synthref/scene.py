@@ -47,9 +47,9 @@ def make_scene(rng: random.Random, cfg: SynthRefConfig, needs: set[str]) -> Scen
     by_rank = [
         Figure(
             color=rng.choice(palette),
-            hat=rng.random() < cfg.p_hat,
-            tall=rng.random() < cfg.p_tall,
-            flag=rng.random() < cfg.p_flag,
+            hat=rng.random() < cfg.p_hat and "hat" in cfg.attributes,
+            tall=rng.random() < cfg.p_tall and "tall" in cfg.attributes,
+            flag=rng.random() < cfg.p_flag and "flag" in cfg.attributes,
             rank=r,
         )
         for r in range(n)
