@@ -194,7 +194,7 @@ def evaluate(model, rows, pad: int) -> dict[str, float]:
             for a, b in items:  # a is the box's "[", a + 1 its first number: the token that selects the box
                 total[kind] += 1
                 right[kind] += int(pred[i, a - 1 : b - 1].tolist() == tokens[a:b])
-                first[kind] += int(pred[i, a].item() == tokens[a + 1]) if b - a > 1 else 0
+                first[kind] += int(pred[i, a].item() == tokens[a + 1])
     out = {}
     for k in total:
         if total[k]:

@@ -48,13 +48,17 @@ def make_cfg(tiny_model_path, data, out, *extra) -> GRPOConfig:
     return load_config(GRPOConfig, "recipes/configs/grpo_demo.yaml", overrides + ["eval.enabled=false", *extra])
 
 
-def run(cfg, steps=None):
+def run(cfg, steps=None, after_steps=None):
+    """``steps`` steps of ``cfg``'s run (all of them, then the final checkpoint; else a saved one);
+    ``after_steps(trainer)`` runs between the last step and the checkpoint."""
     from rexthinker.grpo.trainer import GRPOTrainer
 
     trainer = GRPOTrainer(cfg)
     try:
         while trainer.step < (steps or trainer.total_steps):
             trainer.logger.log(trainer.step + 1, trainer.train_step())
+        if after_steps is not None:
+            after_steps(trainer)
         final = trainer.finish() if steps is None else trainer.save()
     finally:
         trainer.cleanup()
@@ -64,18 +68,14 @@ def run(cfg, steps=None):
 def run_then_sample(cfg):
     """Every step of ``cfg``'s run, then 2 samples of 2 prompts from the engine holding the weights of
     the last sync, then the final checkpoint: ``(trainer, requests, groups, final)``."""
-    from rexthinker.grpo.trainer import GRPOTrainer
+    drawn = {}
 
-    trainer = GRPOTrainer(cfg)
-    try:
-        while trainer.step < trainer.total_steps:
-            trainer.logger.log(trainer.step + 1, trainer.train_step())
-        requests, _ = trainer.build_requests([trainer.samples[i] for i in range(2)], trainer.step + 1, cfg.trainer.seed)
-        groups = trainer._generate(requests, 2)
-        final = trainer.finish()
-    finally:
-        trainer.cleanup()
-    return trainer, requests, groups, final
+    def sample(trainer):
+        drawn["requests"], _ = trainer.build_requests([trainer.samples[i] for i in range(2)], trainer.step + 1, cfg.trainer.seed)
+        drawn["groups"] = trainer._generate(drawn["requests"], 2)
+
+    trainer, final = run(cfg, after_steps=sample)
+    return trainer, drawn["requests"], drawn["groups"], final
 
 
 def test_two_steps_through_ray_with_vllm_change_the_policy(tiny_model_path, grpo_cot, tmp_path):

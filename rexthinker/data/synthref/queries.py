@@ -138,6 +138,12 @@ def _asked(kinds: Sequence, cfg: SynthRefConfig) -> list:
     return [k for k in kinds if set((k,) if isinstance(k, str) else k) <= set(cfg.attributes)]
 
 
+def _choose_asked(rng: random.Random, options, cfg: SynthRefConfig):
+    """A weighted draw among ``options``, ``(kinds, weight)`` pairs, of kinds the questions may ask about."""
+    allowed = [(kinds, weight) for kinds, weight in options if _asked([kinds], cfg)]
+    return rng.choices([k for k, _ in allowed], weights=[w for _, w in allowed])[0]
+
+
 _ATTRIBUTE_KINDS = (
     ("color",), ("hat",), ("tall",), ("color", "hat"), ("color", "tall"), ("tall", "hat"), ("color", "tall", "hat")
 )
@@ -146,9 +152,7 @@ _ATTRIBUTE_WEIGHTS = (0.25, 0.125, 0.125, 0.13, 0.13, 0.12, 0.12)
 
 def _q_attribute(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
     fig = rng.choice(scene.figures)  # describe someone who is there, so the answer is never empty
-    allowed = [(kinds, w) for kinds, w in zip(_ATTRIBUTE_KINDS, _ATTRIBUTE_WEIGHTS) if _asked([kinds], cfg)]
-    kinds = rng.choices([k for k, _ in allowed], weights=[w for _, w in allowed])[0]
-    return _attribute_query(scene, _terms_of(fig, kinds))
+    return _attribute_query(scene, _terms_of(fig, _choose_asked(rng, zip(_ATTRIBUTE_KINDS, _ATTRIBUTE_WEIGHTS), cfg)))
 
 
 def _q_inner_position(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
@@ -299,8 +303,7 @@ def _q_outer_interaction(scene: Scene, rng: random.Random, cfg: SynthRefConfig) 
     if not holders:
         return None
     fig = rng.choice(holders)
-    extras = [(kinds, w) for kinds, w in (((), 0.5), (("color",), 0.3), (("tall",), 0.2)) if _asked([kinds], cfg)]
-    extra = rng.choices([k for k, _ in extras], weights=[w for _, w in extras])[0]
+    extra = _choose_asked(rng, (((), 0.5), (("color",), 0.3), (("tall",), 0.2)), cfg)
     return _attribute_query(scene, [*_terms_of(fig, extra), Term("flag", True)])
 
 
