@@ -23,6 +23,9 @@ Each sample is a hint list of N boxes followed by a target the loss covers. Layo
                  (``same``), no otherwise (``other``); 30 % ask a colour nobody has. The verdict a
                  referring trace writes after each shirt it reads (benchmarks/trace_probe.py's
                  ``same colour`` / ``other colour`` columns), without the image.
+- ``compare-local`` the same, with the asked colour restated (trained) beside the line's own,
+                 ``Person i [box] : <its colour> vs <asked> -> yes|no``: the match is local, as in
+                 SynthRef's ``trace_wants`` traces.
 
 ``--queries Q`` asks Q labels per sample (dense supervision; every box copy is a training signal).
 Numbers are one token per integer (``integers``) or one token per digit (``digits``, as the Qwen
@@ -58,7 +61,7 @@ class Vocab:
             words += [f"d{i}" for i in range(10)]
         else:
             words += [f"n{i}" for i in range(COORD_MAX + 1)]
-        words += ["Find", *(f"c{i}" for i in range(colours))] if colours else []  # last: other layouts keep their ids
+        words += ["Find", "vs", *(f"c{i}" for i in range(colours))] if colours else []  # last: other layouts keep their ids
         self.words = words
         self.index = {w: i for i, w in enumerate(words)}
 
@@ -109,14 +112,17 @@ def make_sample(rng: random.Random, vocab: Vocab, layout: str, n: int, queries: 
         ids.extend(tokens)
         loss.extend([int(train)] * len(tokens))
 
-    if layout == "compare":
+    if layout in ("compare", "compare-local"):
         palette = rng.sample(range(COLOURS), rng.randint(2, 4))
         colours = [rng.choice(palette) for _ in boxes]
         absent = [c for c in range(COLOURS) if c not in colours]
         asked = rng.choice(absent) if rng.random() < 0.3 else rng.choice(colours)
         emit(vocab("Find", f"c{asked}", "\n"), train=True)
         for i, (b, c) in enumerate(zip(boxes, colours)):
-            emit(vocab.label(i + 1) + vocab.box(b) + vocab(":", f"c{c}", "->"), train=False)
+            emit(vocab.label(i + 1) + vocab.box(b) + vocab(":", f"c{c}"), train=False)
+            if layout == "compare-local":  # the asked colour restated beside the one read: a local match
+                emit(vocab("vs", f"c{asked}"), train=True)
+            emit(vocab("->"), train=False)
             emit(vocab("yes" if c == asked else "no"), train=True, kind="same" if c == asked else "other")
             emit(vocab("\n"), train=True)
         queries = 0
@@ -206,7 +212,7 @@ def evaluate(model, rows, pad: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layout", choices=("query", "labelled", "enumerate", "summary", "summary-all", "compare"), default="enumerate")
+    p.add_argument("--layout", choices=("query", "labelled", "enumerate", "summary", "summary-all", "compare", "compare-local"), default="enumerate")
     p.add_argument("--tokens", choices=("integers", "digits"), default="integers")
     p.add_argument("--hints", default="3-9", help="final range of the hint count, lo-hi")
     p.add_argument("--curriculum", default="", help='earlier stages, e.g. "1-1:300,1-3:300" (range:steps)')
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    vocab = Vocab(args.tokens, COLOURS if args.layout == "compare" else 0)
+    vocab = Vocab(args.tokens, COLOURS if args.layout.startswith("compare") else 0)
     final = tuple(int(v) for v in args.hints.split("-"))
     stages = parse_curriculum(args.curriculum, final)
     config = Qwen2Config(vocab_size=len(vocab), hidden_size=args.width, intermediate_size=3 * args.width,

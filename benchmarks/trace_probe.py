@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 COLOUR_STEP = re.compile(r"# Step \d+: Find the people in an? (\w+) shirt\n((?:- [^\n]*\n?)+)")
-COLOUR_LINE = re.compile(r"Person \d+[^:\n]*: (\w+) shirt → (⚠|❌)")
+COLOUR_LINE = re.compile(r"Person \d+[^:\n]*: (\w+) shirt(?: \(want \w+ shirt\))? → (⚠|❌)")  # trace_wants or not
 
 
 def colour_marks(text: str, same: bool) -> list[tuple[int, int]]:

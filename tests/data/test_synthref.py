@@ -261,3 +261,25 @@ def test_attributes_left_out_are_neither_drawn_nor_asked():
     full = generate(120, seed=3, config=level_config("demo", ['attributes=["color", "hat", "tall", "flag"]']))
     assert [s.think for s in full] == [s.think for s in generate(120, seed=3, config=level_config("demo"))]
     assert {m for s in full for m in words.findall(s.referring)} >= {"hat", "tall", "flag"}
+
+
+def test_trace_wants_restate_what_each_step_looks_for_beside_every_observation():
+    plain = generate(150, seed=5, config=level_config("demo"))
+    wanted = generate(150, seed=5, config=level_config("demo", ["trace_wants=true"]))
+    assert not level_config("demo").trace_wants and not level_config("full").trace_wants
+    want = re.compile(r" \((?:want|rule out) [^()]*\)")
+    line = re.compile(r"^- Person \d+ \[[\d, ]+\]: (.*) " + ARROW + r" (\S+)$", re.M)
+    filter_step = re.compile(r"^# Step \d+: (?:Find the people|Check who (?!is holding)|Rule out)[^\n]*\n((?:- [^\n]*\n?)+)", re.M)
+    compared = Counter()
+    for a, b in zip(plain, wanted):
+        assert a.image_bytes == b.image_bytes and a.answer_boxes == b.answer_boxes  # only the trace differs
+        assert not want.search(a.think)
+        assert summary_marks(b.think) == summary_marks(a.think)
+        assert want.sub("", b.think) == a.think  # the restatements are all that was added
+        assert all(want.search(text) for text, _ in line.findall(b.think))  # on every candidate line
+        for step in filter_step.finditer(b.think):  # an attribute's verdict is the side-by-side match
+            for text, mark in line.findall(step[1]):
+                seen, kind, asked = re.fullmatch(r"(.*) \((want|rule out) (.*)\)", text).groups()
+                assert (mark == WARN) == ((seen == asked) != (kind == "rule out")), text
+                compared[mark] += 1
+    assert compared[WARN] > 50 and compared[CROSS] > 50

@@ -47,6 +47,10 @@ class Term:
             words = "tall" if self.value else "short"
         return "not " + words if self.negate else words
 
+    def want(self) -> str:
+        """What a step looking for this term restates on each line: "want red shirt", "rule out no hat"."""
+        return ("rule out " if self.negate else "want ") + _observation(self.kind, self.value)
+
     def title(self) -> str:
         if self.negate:
             return f"Rule out the people {Term(self.kind, self.value).phrase()}"
@@ -62,15 +66,24 @@ class Term:
         }[(self.kind, bool(self.value))]
 
 
+def _observation(kind: str, value) -> str:
+    if kind == "color":
+        return f"{value} shirt"
+    if kind == "hat":
+        return "wears a hat" if value else "no hat"
+    if kind == "flag":
+        return "holds a flag" if value else "no flag"
+    return "tall" if value else "short"
+
+
 def observe(fig: Figure, kind: str) -> str:
     """The short observation a trace writes about one figure."""
-    if kind == "color":
-        return f"{fig.color} shirt"
-    if kind == "hat":
-        return "wears a hat" if fig.hat else "no hat"
-    if kind == "flag":
-        return "holds a flag" if fig.flag else "no flag"
-    return "tall" if fig.tall else "short"
+    return _observation(kind, getattr(fig, kind))
+
+
+def _with_want(cfg: SynthRefConfig, text: str, want: str) -> str:
+    """A line's observation, followed by what its step looks for when ``cfg.trace_wants``."""
+    return f"{text} ({want})" if cfg.trace_wants else text
 
 
 _TERM_ORDER = {"color": 0, "tall": 1, "hat": 2, "flag": 3}
@@ -89,7 +102,7 @@ def describe(terms: Sequence[Term], noun: str = "person") -> str:
 
 
 def _filter_steps(
-    scene: Scene, terms: Sequence[Term], pool: list[int], notes: dict[int, list[str]]
+    scene: Scene, terms: Sequence[Term], pool: list[int], notes: dict[int, list[str]], cfg: SynthRefConfig
 ) -> tuple[list[Step], list[int]]:
     """One step per term over the candidates still in the pool; appends each observation to notes."""
     steps = []
@@ -99,7 +112,7 @@ def _filter_steps(
         kept = []
         for i in pool:
             hit = term.holds(scene.figures[i])
-            text = observe(scene.figures[i], term.kind)
+            text = _with_want(cfg, observe(scene.figures[i], term.kind), term.want())
             notes[i].append(text)
             step.lines.append(Line(i, text, hit))
             if hit:
@@ -113,10 +126,10 @@ def _summary(scene: Scene, targets: Sequence[int], notes: dict[int, list[str]]) 
     return [Line(i, ", ".join(notes[i]), i in targets) for i in range(scene.n)]
 
 
-def _attribute_query(scene: Scene, terms: Sequence[Term], referring: str | None = None) -> Query:
+def _attribute_query(scene: Scene, terms: Sequence[Term], cfg: SynthRefConfig) -> Query:
     notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
-    steps, targets = _filter_steps(scene, terms, list(range(scene.n)), notes)
-    return Query(referring or describe(terms), targets, steps, _summary(scene, targets, notes))
+    steps, targets = _filter_steps(scene, terms, list(range(scene.n)), notes, cfg)
+    return Query(describe(terms), targets, steps, _summary(scene, targets, notes))
 
 
 def _terms_of(fig: Figure, kinds: Sequence[str]) -> list[Term]:
@@ -152,7 +165,7 @@ _ATTRIBUTE_WEIGHTS = (0.25, 0.125, 0.125, 0.13, 0.13, 0.12, 0.12)
 
 def _q_attribute(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
     fig = rng.choice(scene.figures)  # describe someone who is there, so the answer is never empty
-    return _attribute_query(scene, _terms_of(fig, _choose_asked(rng, zip(_ATTRIBUTE_KINDS, _ATTRIBUTE_WEIGHTS), cfg)))
+    return _attribute_query(scene, _terms_of(fig, _choose_asked(rng, zip(_ATTRIBUTE_KINDS, _ATTRIBUTE_WEIGHTS), cfg)), cfg)
 
 
 def _q_inner_position(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
@@ -168,7 +181,7 @@ def _q_inner_position(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> 
             return None
         color = rng.choice(colors)
         term = Term("color", color)
-        steps, members = _filter_steps(scene, [term], list(range(n)), notes)
+        steps, members = _filter_steps(scene, [term], list(range(n)), notes, cfg)
         members = [i for i in order if i in members]
         seq = members if side == "left" else members[::-1]
         k = rng.randrange(min(len(seq), 3))
@@ -181,7 +194,7 @@ def _q_inner_position(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> 
         steps.append(_sort_step(scene, members, f"people {_shirt(color)}"))
         last = Step(title)
         for pos, i in enumerate(seq):
-            text = f"{ORDINALS[pos]} from the {side}"
+            text = _with_want(cfg, f"{ORDINALS[pos]} from the {side}", f"want {ORDINALS[k]} from the {side}")
             notes[i].append(text)
             last.lines.append(Line(i, text, pos == k))
         steps.append(last)
@@ -194,6 +207,7 @@ def _q_inner_position(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> 
         referring = f"the {side}most person" if k == 0 else f"the {ORDINALS[k]} person from the {side}"
         title = f"Find the {side}most person" if k == 0 else f"Find the {ORDINALS[k]} person from the {side}"
         chosen = [seq[k]]
+        want = f"want {ORDINALS[k]} from the {side}"
     else:
         if n < 3:  # "the two leftmost" of two people is everyone
             return None
@@ -201,9 +215,10 @@ def _q_inner_position(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> 
         referring = f"the {NUMBERS[count]} {side}most people"
         title = f"Take the {NUMBERS[count]} {side}most people"
         chosen = seq[:count]
+        want = f"want the {NUMBERS[count]} {side}most"
     last = Step(title)
     for pos, i in enumerate(seq):
-        text = f"{ORDINALS[pos]} from the {side}"
+        text = _with_want(cfg, f"{ORDINALS[pos]} from the {side}", want)
         notes[i].append(text)
         last.lines.append(Line(i, text, i in chosen))
     targets = sorted(chosen)
@@ -231,7 +246,7 @@ def _tree_step(scene: Scene) -> Step:
 
 
 def _tree_relation_step(
-    scene: Scene, relation: str, pool: list[int], notes: dict[int, list[str]]
+    scene: Scene, relation: str, pool: list[int], notes: dict[int, list[str]], cfg: SynthRefConfig
 ) -> tuple[Step, list[int]]:
     if relation == "next":
         step = Step("Check who stands next to the tree")
@@ -246,6 +261,7 @@ def _tree_relation_step(
             side = _tree_side(scene, i)
             hit = side == relation
             text = f"{side} of the tree"
+        text = _with_want(cfg, text, f"want {_TREE_PHRASE[relation].removeprefix('to the ')}")
         notes[i].append(text)
         step.lines.append(Line(i, text, hit))
         if hit:
@@ -263,7 +279,7 @@ def _q_outer_position(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> 
     relation = rng.choice(relations)
     noun = "person" if relation == "next" else rng.choice(("person", "people"))
     notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
-    step, targets = _tree_relation_step(scene, relation, list(range(scene.n)), notes)
+    step, targets = _tree_relation_step(scene, relation, list(range(scene.n)), notes, cfg)
     referring = f"the {noun} {_TREE_PHRASE[relation]}"
     return Query(referring, targets, [_tree_step(scene), step], _summary(scene, targets, notes))
 
@@ -284,13 +300,13 @@ def _q_inner_interaction(scene: Scene, rng: random.Random, cfg: SynthRefConfig) 
     steps: list[Step] = []
     if rng.random() < 0.35:
         color = scene.figures[rng.choice(holders)].color
-        steps, pool = _filter_steps(scene, [Term("color", color)], pool, notes)
+        steps, pool = _filter_steps(scene, [Term("color", color)], pool, notes, cfg)
         referring = f"the person {_shirt(color)} holding hands with someone"
     else:
         referring = rng.choice(("the people holding hands", "the person holding hands with someone"))
     step = Step("Check who is holding hands")
     for i in pool:
-        text = hands_text(scene, i)
+        text = _with_want(cfg, hands_text(scene, i), "want holding hands")
         notes[i].append(text)
         step.lines.append(Line(i, text, bool(scene.hands[i])))
     steps.append(step)
@@ -304,7 +320,7 @@ def _q_outer_interaction(scene: Scene, rng: random.Random, cfg: SynthRefConfig) 
         return None
     fig = rng.choice(holders)
     extra = _choose_asked(rng, (((), 0.5), (("color",), 0.3), (("tall",), 0.2)), cfg)
-    return _attribute_query(scene, [*_terms_of(fig, extra), Term("flag", True)])
+    return _attribute_query(scene, [*_terms_of(fig, extra), Term("flag", True)], cfg)
 
 
 def _unique_reference(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> tuple[int, list[Term]] | None:
@@ -341,8 +357,9 @@ def _q_inner_position_two_stage(scene: Scene, rng: random.Random, cfg: SynthRefC
     phrase = {"left": "to the left of", "right": "to the right of", "next": "next to"}[relation]
     referring = f"the {noun} {phrase} {ref_desc}"
     first = Step(f"Find {ref_desc}")
+    want = "want " + ", ".join(_observation(t.kind, t.value) for t in terms)
     for i, fig in enumerate(scene.figures):
-        first.lines.append(Line(i, ", ".join(observe(fig, t.kind) for t in terms), i == ref))
+        first.lines.append(Line(i, _with_want(cfg, ", ".join(observe(fig, t.kind) for t in terms), want), i == ref))
     last = Step(f"Find the people {phrase} {ref_name}")
     notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
     for i in order:
@@ -353,6 +370,7 @@ def _q_inner_position_two_stage(scene: Scene, rng: random.Random, cfg: SynthRefC
             text = f"next to {ref_name}" if abs(rank - r) == 1 else f"not next to {ref_name}"
         else:
             text = f"{'left' if rank < r else 'right'} of {ref_name}"
+        text = _with_want(cfg, text, f"want {'next to' if relation == 'next' else relation + ' of'} {ref_name}")
         notes[i].append(text)
         last.lines.append(Line(i, text, i in chosen))
     notes[ref] = [first.lines[ref].text, "the reference itself"]
@@ -368,8 +386,8 @@ def _q_outer_position_two_stage(scene: Scene, rng: random.Random, cfg: SynthRefC
     relation = rng.choice(relations)
     terms = _terms_of(fig, [rng.choice(_asked(("color", "color", "hat", "tall"), cfg))])
     notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
-    steps, pool = _filter_steps(scene, terms, list(range(scene.n)), notes)
-    step, targets = _tree_relation_step(scene, relation, pool, notes)
+    steps, pool = _filter_steps(scene, terms, list(range(scene.n)), notes, cfg)
+    step, targets = _tree_relation_step(scene, relation, pool, notes, cfg)
     referring = f"{describe(terms)} {_TREE_PHRASE[relation]}"
     return Query(referring, targets, [*steps, _tree_step(scene), step], _summary(scene, targets, notes))
 
@@ -390,7 +408,7 @@ def _q_positive_then_negative(scene: Scene, rng: random.Random, cfg: SynthRefCon
     if not useful:
         return None
     terms = [positive, rng.choice(useful)]
-    return _attribute_query(scene, terms)
+    return _attribute_query(scene, terms, cfg)
 
 
 def _q_rejection(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query | None:
@@ -409,7 +427,7 @@ def _q_rejection(scene: Scene, rng: random.Random, cfg: SynthRefConfig) -> Query
     if not kinds:
         return None
     terms = rng.choice(absent[rng.choice(kinds)])
-    return _attribute_query(scene, terms)
+    return _attribute_query(scene, terms, cfg)
 
 
 _BUILDERS = {  # sub-domain -> question builder
