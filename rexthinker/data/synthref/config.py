@@ -74,10 +74,11 @@ class SynthRefConfig:
     trace_boxes: bool = False
     # Every line of an action step restates, after its observation, what the step looks for:
     # "- Person 2: blue shirt (want red shirt) → ❌", "(rule out red shirt)" for a step that rules
-    # people out, "(want 2nd from the left)" for an order. The verdict then compares two phrases side by
-    # side instead of the observation with a word far back in the plan, which a small model trained
-    # from scratch does not learn (benchmarks/copy_probe.py --layout compare / compare-local,
-    # dev/LOG.md session 10). The summary lines repeat the steps' texts, wants included. Off by default.
+    # people out, "(want second from the left)" for an order. The verdict then compares two phrases side
+    # by side instead of the observation with a word far back in the plan: a text-only probe learns the
+    # local match in 200 steps and the far one hardly (benchmarks/copy_probe.py --layout compare-local /
+    # compare), but the demo's SFT did not learn it either way in 450 steps (dev/LOG.md, session 10).
+    # The summary lines repeat the steps' texts, wants included. Off by default and at every level.
     trace_wants: bool = False
     frame: tuple[int, int] = (TRAIN_MIN_PIXELS, TRAIN_MAX_PIXELS)
     # Each person's hint number drawn in a white tag on the torso (set-of-mark prompting), so
