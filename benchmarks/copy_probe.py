@@ -36,6 +36,12 @@ every ``--eval-every`` steps as a JSON line, and the final line is appended to `
     python benchmarks/copy_probe.py --layout enumerate --tokens integers --seconds 300
     python benchmarks/copy_probe.py --layout query --tokens digits --layers 4 --seconds 600
 
+``--model CKPT`` trains that checkpoint's language model (a Qwen2.5-VL folder such as models/demo-base)
+with its own tokenizer instead of a fresh Qwen2 LM: each probe word is written as trace text
+("Person" as "- Person", a colour as " red shirt", "vs" as " (want", yes / no as " ⚠" / " ❌") and
+tokenized. ``--reinit`` keeps that architecture and tokenizer with random weights: the control that
+tells whether a checkpoint's pre-training helps or blocks a skill.
+
 Measured runs and their outcomes are in dev/LOG.md.
 """
 
@@ -84,6 +90,28 @@ class Vocab:
 
     def label(self, k: int) -> list[int]:
         return self("Person", f"#{k}")
+
+
+class TextVocab(Vocab):
+    """The probe's words written as trace text and tokenized by a checkpoint's tokenizer."""
+
+    FILLERS = (" wears", " stands", " near", " left", " right", " holding", " tall", " short")
+
+    def __init__(self, tokens: str, tokenizer, colours: int = 0):
+        super().__init__(tokens, colours)
+        from rexthinker.data.synthref.config import PALETTE
+
+        text = {"<s>": "<|im_start|>assistant\n", "</s>": "<|im_end|>", "[": " [", "]": "]", ",": ",", "[[": "[[",
+                "]]": "]]", "Person": "- Person", "Answer": "Answer:", "\n": "\n", ":": ":", "->": " →", "yes": " ⚠",
+                "no": " ❌", "None": " None", "Find": "Find the people in a", "vs": " (want"}  # fmt: skip
+        text |= {f"w{i}": w for i, w in enumerate(self.FILLERS)} | {f"#{k}": f" {k}" for k in range(1, 10)}
+        text |= {f"d{i}": str(i) for i in range(10)} | {f"n{v}": f" {v}" for v in range(COORD_MAX + 1)}
+        text |= {f"c{i}": f" {name} shirt" for i, name in enumerate(list(PALETTE)[:colours])}
+        self.ids = {w: tokenizer.encode(text[w], add_special_tokens=False) for w in self.words if w != "<pad>"}
+        self.ids["<pad>"] = [tokenizer.pad_token_id]
+
+    def __call__(self, *words: str) -> list[int]:
+        return [i for w in words for i in self.ids[w]]
 
 
 def draw_boxes(rng: random.Random, n: int) -> list[list[int]]:
@@ -230,20 +258,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default="outputs/probes/copy_probe.jsonl")
     p.add_argument("--note", default="")
+    p.add_argument("--model", default="", help="a checkpoint folder whose language model and tokenizer to train")
+    p.add_argument("--reinit", action="store_true", help="with --model: its architecture, random weights")
     args = p.parse_args(argv)
 
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    vocab = Vocab(args.tokens, COLOURS if args.layout.startswith("compare") else 0)
+    colours = COLOURS if args.layout.startswith("compare") else 0
     final = tuple(int(v) for v in args.hints.split("-"))
     stages = parse_curriculum(args.curriculum, final)
-    config = Qwen2Config(vocab_size=len(vocab), hidden_size=args.width, intermediate_size=3 * args.width,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.heads, max_position_embeddings=2048,
-                         tie_word_embeddings=args.tied)  # fmt: skip
-    model = Qwen2ForCausalLM(config)
+    if args.model:  # the width, depth and tying flags describe the fresh LM only
+        vocab = TextVocab(args.tokens, AutoTokenizer.from_pretrained(args.model), colours)
+        if args.reinit:
+            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(args.model), dtype=torch.float32)
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.float32)
+    else:
+        vocab = Vocab(args.tokens, colours)
+        config = Qwen2Config(vocab_size=len(vocab), hidden_size=args.width, intermediate_size=3 * args.width,
+                             num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                             num_key_value_heads=args.heads, max_position_embeddings=2048,
+                             tie_word_embeddings=args.tied)  # fmt: skip
+        model = Qwen2ForCausalLM(config)
     rng, held_rng = random.Random(args.seed), random.Random(10_000 + args.seed)
     held = [make_sample(held_rng, vocab, args.layout, held_rng.randint(*final), args.queries) for _ in range(128)]
     pad = vocab("<pad>")[0]

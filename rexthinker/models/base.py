@@ -32,6 +32,11 @@ On a GPU the model trains in bf16 (``--precision auto``; the shipped base used f
 description line's box right in every token), ``colour_acc`` (its shirt colour right), and whole
 descriptions and locate answers exactly right.
 
+A third generic skill is optional: *check* — a colour question ("Who wears a red shirt? Check every
+person.") answered line by line, each line comparing the colour read with the one asked,
+``- Person 2 [box]: blue shirt (want red shirt) → ❌`` (``--copy-task check`` for a text-only warm-up
+of it, ``--chat varied-check`` in the image chats, ``--check-weight`` for its marks' loss weight).
+
 What the referring stages then have to learn is the task itself: the plan / action / summary
 trace, which persons satisfy the question, and the answer that follows from the summary.
 
@@ -60,7 +65,7 @@ import torch
 from rexthinker.cache import cache_root, cached_build
 from rexthinker.contracts.answer import answer_json
 from rexthinker.contracts.hint import HINT_LINE, hint_json
-from rexthinker.contracts.trace import candidate_name
+from rexthinker.contracts.trace import CROSS, WARN, candidate_name
 from rexthinker.data import synthref
 from rexthinker.data.sample import RefSample
 from rexthinker.data.synthref.config import PALETTE
@@ -76,7 +81,8 @@ MARKER = "rexthinker_base.json"
 SNAPSHOT = "rexthinker_base_snapshot.json"  # a snapshot written during a build, for BaseRecipe.init
 
 
-CHATS = ("fixed", "varied", "varied-ask")  # BaseRecipe.chat
+CHATS = ("fixed", "varied", "varied-ask", "varied-check")  # BaseRecipe.chat
+COPY_TASKS = ("list", "check")  # BaseRecipe.copy_task
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,11 @@ class BaseRecipe:
     # of image chats add the region reading. 0 = no warm-up.
     copy_steps: int = 0
     copy_batch_size: int = 32
+    # What the text-only chats ask. "list": list the hints with their boxes, then locate. "check": the
+    # user gives every person's shirt colour in hint order and asks who wears one colour; the answer
+    # checks each person against it (:func:`ask_turn` with ``check``): the comparison of a colour read
+    # with the one asked, learned where it costs least (no image).
+    copy_task: str = "list"
     # Continue an earlier build: start from the weights in ``init`` (a base or one of its snapshots)
     # and draw scenes from index ``start`` on, so no scene is seen twice. The optimizer starts afresh.
     init: str = ""
@@ -112,6 +123,9 @@ class BaseRecipe:
     # Where the gradient goes: the loss weight of each description line's shirt-colour token against
     # 1 for every other answer token (the loss is the weighted mean). 1 = plain next-token loss.
     colour_weight: float = 1.0
+    # The same for the check mark of each checked shirt line ("(want red shirt) → ⚠|❌"): a few
+    # tokens of a long answer, so at weight 1 the comparison gets a few percent of the gradient.
+    check_weight: float = 1.0
     # The chats' form. "fixed": one system prompt, "Describe every person." first, then the locate
     # questions (builds 1-7). "varied": the system prompt, the wording, the order of the turns, a
     # preamble before the description lines and which persons a turn asks about are drawn per chat
@@ -119,18 +133,22 @@ class BaseRecipe:
     # distance from the image, as the lines of a reasoning trace do (dev/LOG.md, session 7).
     # "varied-ask": as "varied", and half of the descriptions answer a colour question ("Is anyone
     # wearing a red shirt?") whose colour is named before the lines are written, as a trace's plan
-    # names the colours it looks for (:func:`ask_turn`).
+    # names the colours it looks for (:func:`ask_turn`). "varied-check": as "varied-ask", and each
+    # shirt line of a colour question is checked against the colour asked, "- Person 2 [box]: blue
+    # shirt (want red shirt) → ❌" (⚠ when it matches) before the verdict.
     chat: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.chat not in CHATS:
             raise ValueError(f"unknown base chat form {self.chat!r}; choose one of {', '.join(CHATS)}")
+        if self.copy_task not in COPY_TASKS:
+            raise ValueError(f"unknown base copy task {self.copy_task!r}; choose one of {', '.join(COPY_TASKS)}")
 
     def key(self, spec_key: str) -> str:
         payload = dict(dataclasses.asdict(self), spec_key=spec_key, version=BASE_VERSION)
         for name in ("workers", "save_every"):
             payload.pop(name)
-        for name, old in (("colour_weight", 1.0), ("chat", "fixed")):  # builds made before a setting existed keep their key
+        for name, old in (("colour_weight", 1.0), ("check_weight", 1.0), ("chat", "fixed"), ("copy_task", "list")):  # builds made before a setting existed keep their key
             if payload[name] == old:
                 payload.pop(name)
         if self.init:  # the weights it starts from, not where they happen to lie
@@ -184,18 +202,19 @@ def _names(picked: list[int]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def varied_turns(rng: random.Random, scene: Scene, boxes: list[list[int]], hint: str, ask: bool = False) -> list[tuple[str, str]]:
+def varied_turns(rng: random.Random, scene: Scene, boxes: list[list[int]], hint: str, ask: bool = False,
+                 check: bool = False) -> list[tuple[str, str]]:  # fmt: skip
     """The "varied" chat of a scene: 1-6 turns in a random order, one of them a description of every
     person (all attributes, or the shirt only) after a random preamble, or with ``ask`` half the time
-    a colour question (:func:`ask_turn`); the others locate questions or descriptions of some persons.
-    Only the first user turn carries the hints."""
+    a colour question (:func:`ask_turn`, its lines checked with ``check``); the others locate
+    questions or descriptions of some persons. Only the first user turn carries the hints."""
     n = scene.n
     preamble = rng.choice(PREAMBLES).format(n=n, are="is" if n == 1 else "are", people="person" if n == 1 else "people")
     shirts = rng.random() < 0.4
     lines = [describe_line(scene, k, boxes[k], shirt_only=shirts) for k in range(n)]
     every = (rng.choice(SHIRTS_ALL if shirts else DESCRIBE_ALL), preamble + "\n".join(lines))
     if ask and rng.random() < 0.5:
-        every = ask_turn(rng, scene, boxes)
+        every = ask_turn(rng, scene, boxes, check)
     turns = [locate_turn(rng, n, boxes) for _ in range(rng.randint(0, 3))]
     for _ in range(rng.randint(0, 2)):
         picked = sorted(rng.sample(range(n), rng.randint(1, n)))
@@ -206,15 +225,19 @@ def varied_turns(rng: random.Random, scene: Scene, boxes: list[list[int]], hint:
     return [(hint + first, answer), *turns[1:]]
 
 
-def ask_turn(rng: random.Random, scene: Scene, boxes: list[list[int]]) -> tuple[str, str]:
+def ask_turn(rng: random.Random, scene: Scene, boxes: list[list[int]], check: bool = False) -> tuple[str, str]:
     """"Is anyone wearing a red shirt?": the answer names the colour asked for, goes through every
     person's shirt ("- Person 2 [box]: blue shirt"), then answers yes (who) or no. The colour is one of
-    the scene's half the time; the lines must still be read from the image, not copied from the question."""
+    the scene's half the time; the lines must still be read from the image, not copied from the question.
+    With ``check`` each line ends by comparing: "blue shirt (want red shirt) → ❌", ⚠ for a match.
+    The random draws are the same either way."""
     worn = sorted({fig.color for fig in scene.figures})
     colour = rng.choice(worn) if rng.random() < 0.5 else rng.choice(sorted(PALETTE))
     a = "an" if colour[0] in "aeiou" else "a"
     dash = rng.choice(("", "- "))
     lines = [dash + describe_line(scene, k, boxes[k], shirt_only=True) for k in range(scene.n)]
+    if check:
+        lines = [f"{line} (want {colour} shirt) → {WARN if fig.color == colour else CROSS}" for line, fig in zip(lines, scene.figures)]
     who = [k for k, fig in enumerate(scene.figures) if fig.color == colour]
     verdict = f"Yes: {_names(who)}." if who else f"No, nobody wears {a} {colour} shirt."
     question = rng.choice((f"Is anyone wearing {a} {colour} shirt?", f"Who wears {a} {colour} shirt? Check every person."))
@@ -254,7 +277,12 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
     hint = HINT_LINE.format(hint=hint_json(synthref.CATEGORY, info.hint_boxes))
     if recipe.chat != "fixed" and not copy:
-        return image, varied_turns(rng, scene, info.hint_boxes, hint, ask=recipe.chat == "varied-ask")
+        return image, varied_turns(rng, scene, info.hint_boxes, hint, ask=recipe.chat in ("varied-ask", "varied-check"),
+                                   check=recipe.chat == "varied-check")  # fmt: skip
+    if copy and recipe.copy_task == "check":
+        question, answer = ask_turn(rng, scene, info.hint_boxes, check=True)
+        shirts = ", ".join(fig.color for fig in scene.figures)
+        return image, [(f"{hint}Their shirts, in the order of the hints: {shirts}.\n{question}", answer)]
     if copy:
         turns = [(hint + LIST, "\n".join(candidate_name(synthref.CATEGORY, k, info.hint_boxes[k]) for k in range(scene.n)))]
     else:
@@ -292,12 +320,14 @@ def build_features(processor, image, turns: list[tuple[str, str]], system: str =
 
 
 # --- skill probes ----------------------------------------------------------------------------------
-PROBES = {"box": "box_exact", "colour": "colour_acc", "describe": "describe_exact", "locate": "locate_exact"}
+PROBES = {"box": "box_exact", "colour": "colour_acc", "describe": "describe_exact", "locate": "locate_exact",
+          "same": "check_same", "other": "check_other"}  # fmt: skip
 
-def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int]]]:
+def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int], list[int], bool]]:
     """For each description line of an answer (``Person k ...: colour shirt, ...``; other lines, such
     as a preamble, are skipped), the token indices (within ``answer + <|im_end|>`` tokenised on its
-    own, as :func:`build_features` does) of its box and of its shirt-colour word."""
+    own, as :func:`build_features` does) of its box, of its shirt-colour word and of its check mark
+    (``→ ⚠|❌`` of a checked line; none otherwise), and whether that mark is ⚠ (the colours match)."""
     enc = tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
 
@@ -310,7 +340,9 @@ def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int]]
         if _PERSON_LINE.match(line):
             box = tokens(pos + head.index("["), pos + len(head)) if "[" in head else []
             colour_at = pos + len(head) + 2
-            out.append((box, tokens(colour_at, colour_at + len(rest.split(" ")[0]))))
+            arrow = line.rfind(" → ")
+            mark = tokens(pos + arrow + 3, pos + len(line)) if arrow >= 0 else []
+            out.append((box, tokens(colour_at, colour_at + len(rest.split(" ")[0])), mark, line.endswith(WARN)))
         pos += len(line) + 1
     return out
 
@@ -318,10 +350,10 @@ def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int]]
 _PERSON_LINE = re.compile(r"(- )?Person \d+( \[[\d, ]+\])?(: \w+ shirt|$)")  # a description line, or a bare one of the copy chats
 
 
-def chat_targets(tokenizer, turns: list[tuple[str, str]]) -> list[tuple[int, list[int], list[int]]]:
-    """The probe targets of a chat: ``(turn, box tokens, colour tokens)`` for every description line
-    of every assistant turn (token indices within that turn's answer, as :func:`describe_targets`)."""
-    return [(i, box, colour) for i, (_, answer) in enumerate(turns) for box, colour in describe_targets(tokenizer, answer)]
+def chat_targets(tokenizer, turns: list[tuple[str, str]]) -> list[tuple[int, list[int], list[int], list[int], bool]]:
+    """The probe targets of a chat: ``(turn, box, colour, mark, same)`` for every description line of
+    every assistant turn (token indices within that turn's answer, as :func:`describe_targets`)."""
+    return [(i, *line) for i, (_, answer) in enumerate(turns) for line in describe_targets(tokenizer, answer)]
 
 
 def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[tuple[int, list[int], list[int]]]]) -> dict[str, float]:
@@ -331,7 +363,9 @@ def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[
       token: the k-th hint box copied;
     - ``colour_acc``: description lines whose shirt colour is right: the region that box names, read;
     - ``describe_exact`` / ``locate_exact``: whole answers right (those with description lines;
-      the others, "Where is ...").
+      the others, "Where is ...");
+    - ``check_same`` / ``check_other``: the mark of a checked shirt line ("(want red shirt) → ⚠|❌"),
+      right, where the shirt is / is not the colour asked: the comparison, with the colour given.
 
     ``targets``: :func:`chat_targets` of each row.
     """
@@ -343,19 +377,19 @@ def probe_counts(logits: torch.Tensor, labels: torch.Tensor, targets) -> tuple[d
     """What :func:`skill_probes` divides: right answers and totals per probe (to pool several batches)."""
     pred = logits[:, :-1].argmax(-1)
     gold = labels[:, 1:]
-    counts = dict.fromkeys(("box", "colour", "describe", "locate"), 0)
+    counts = dict.fromkeys(PROBES, 0)
     totals = dict.fromkeys(counts, 0)
     for row in range(gold.shape[0]):
         spans = _answer_spans(gold[row])
         if not spans:
             continue
-        described = {turn for turn, _, _ in targets[row]}
+        described = {line[0] for line in targets[row]}
         for i, span in enumerate(spans):
             task = "describe" if i in described else "locate"
             totals[task] += 1
             counts[task] += bool((pred[row, span] == gold[row, span]).all())
-        for turn, box, colour in targets[row]:
-            for name, where in (("box", box), ("colour", colour)):
+        for turn, box, colour, mark, same in targets[row]:
+            for name, where in (("box", box), ("colour", colour), ("same" if same else "other", mark)):
                 if where:
                     totals[name] += 1
                     at = spans[turn][torch.tensor(where)]
@@ -390,21 +424,23 @@ def _answer_spans(gold_row: torch.Tensor) -> list[torch.Tensor]:
     return list(torch.tensor_split(idx, (torch.diff(idx) > 1).nonzero().flatten() + 1)) if len(idx) else []
 
 
-def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, targets, colour_weight: float) -> torch.Tensor:
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, targets, colour_weight: float, check_weight: float = 1.0) -> torch.Tensor:
     """Next-token cross-entropy over the answer tokens, each description line's colour token weighted
-    ``colour_weight`` and every other 1 (the weighted mean; plain mean at 1)."""
+    ``colour_weight``, each check mark ``check_weight`` and every other 1 (the weighted mean; plain
+    mean at 1)."""
     gold = labels[:, 1:]
     losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), gold.flatten(), ignore_index=IGNORE,
                                                reduction="none").view_as(gold)  # fmt: skip
     weights = (gold != IGNORE).float()
-    if colour_weight != 1.0:  # built on the CPU: one copy of the labels, not a device sync per row
+    if colour_weight != 1.0 or check_weight != 1.0:  # built on the CPU: one copy of the labels, not a device sync per row
         on_cpu = gold.cpu()
         weights = weights.cpu()
         for row in range(on_cpu.shape[0]):
             spans = _answer_spans(on_cpu[row])
-            for turn, _, colour in targets[row] if spans else ():
-                if colour:
-                    weights[row, spans[turn][torch.tensor(colour)]] = colour_weight
+            for turn, _, colour, mark, _ in targets[row] if spans else ():
+                for where, weight in ((colour, colour_weight), (mark, check_weight)):
+                    if where:
+                        weights[row, spans[turn][torch.tensor(where)]] = weight
         weights = weights.to(losses.device)
     return (losses * weights).sum() / weights.sum().clamp(min=1.0)
 
@@ -468,7 +504,7 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print, snap
         model.train()
         labels = data["labels"].to(device)
         logits = learner(**on_device(data)).logits
-        loss = weighted_loss(logits, labels, targets, recipe.colour_weight)
+        loss = weighted_loss(logits, labels, targets, recipe.colour_weight, recipe.check_weight)
         learner.backward(loss)
         stats = learner.step()
         row = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": stats["grad_norm"], "elapsed_s": time.perf_counter() - start_time}

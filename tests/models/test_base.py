@@ -144,9 +144,10 @@ def test_probes_score_the_box_and_colour_of_each_description_line(processor):
     f = base.build_features(processor, image, turns)
     targets = base.chat_targets(processor.tokenizer, turns)
     lines = turns[0][1].split("\n")
-    assert [turn for turn, _, _ in targets] == [0] * len(lines)  # the description is the first turn of a fixed chat
+    assert [t[0] for t in targets] == [0] * len(lines)  # the description is the first turn of a fixed chat
     start = int((f.labels != IGNORE).nonzero()[0])
-    for line, (_, box, colour) in zip(lines, targets):
+    for line, (_, box, colour, mark, _) in zip(lines, targets):
+        assert mark == []  # a description line checks nothing
         assert processor.tokenizer.decode(f.input_ids[start + torch.tensor(box)]).strip() == line[line.index("["): line.index("]") + 1]
         assert processor.tokenizer.decode(f.input_ids[start + torch.tensor(colour)]).strip() == line.split(": ")[1].split(" ")[0]
     # perfect logits: every probe 1; one wrong colour token: colour_acc drops by one line
@@ -172,7 +173,7 @@ def test_colour_weight_weights_exactly_the_colour_tokens(processor):
     assert torch.allclose(base.weighted_loss(logits, labels, targets, 1.0), plain)
     per_token = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:].clamp(min=0), reduction="none")
     start = int((f.labels != IGNORE).nonzero()[0]) - 1  # shifted: position p predicts token p + 1
-    colour = torch.tensor([start + j for _, _, c in targets[0] for j in c])
+    colour = torch.tensor([start + j for _, _, c, *_ in targets[0] for j in c])
     answer = labels[0, 1:] != IGNORE
     expected = (per_token[answer].sum() + 4 * per_token[colour].sum()) / (answer.sum() + 4 * len(colour))
     assert torch.allclose(base.weighted_loss(logits, labels, targets, 5.0), expected)
@@ -209,7 +210,7 @@ def test_copy_warm_up_chats_are_text_only_lists_of_the_hints(processor):
     assert turns[0][1].split("\n") == [f"Person {k + 1} {json.dumps(box)}" for k, box in enumerate(hint)]
     batch, targets = next(iter(base._loader(base.Chats(processor, recipe, "pretrain-copy", 0, 3, copy=True), 3, 0, 0)))
     assert "pixel_values" not in batch and not (batch["mm_token_type_ids"] == 1).any()
-    assert image_pad_free(processor, batch["input_ids"]) and all(t and all(box for _, box, _ in t) for t in targets)
+    assert image_pad_free(processor, batch["input_ids"]) and all(t and all(line[1] for line in t) for t in targets)
 
 
 def image_pad_free(processor, ids) -> bool:
@@ -252,12 +253,12 @@ def test_varied_chats_move_the_description_and_probe_it_wherever_it_lands(proces
     fixed_image, _ = base.make_example(7, dataclasses.replace(recipe, chat="fixed"), lo, hi)
     assert list(fixed_image.getdata()) == list(base.make_example(7, recipe, lo, hi)[0].getdata())
     assert recipe.key("k") != dataclasses.replace(recipe, chat="fixed").key("k")
-    assert base.BaseRecipe().key("k") == base.BaseRecipe(chat="fixed").key("k")  # older builds keep their key
+    assert base.BaseRecipe().key("k") == base.BaseRecipe(chat="fixed", copy_task="list").key("k")  # older builds keep their key
     # a batch: every description line's box and colour is found in its own turn
     (batch, targets) = next(iter(base._loader(base.Chats(processor, recipe, "pretrain", 0, 6), 6, 0, processor.tokenizer.pad_token_id)))
     for row, chat in enumerate(targets):
         spans = base._answer_spans(batch["labels"][row, 1:])
-        for turn, box, colour in chat:
+        for turn, box, colour, *_ in chat:
             text = processor.tokenizer.decode(batch["labels"][row, 1:][spans[turn][torch.tensor(colour)]])
             assert text.strip() in PALETTE, text
             assert processor.tokenizer.decode(batch["labels"][row, 1:][spans[turn][torch.tensor(box)]]).strip().startswith("[")
@@ -290,3 +291,53 @@ def test_ask_chats_name_a_colour_first_and_answer_from_the_lines(processor):
     assert asked >= 5
     with pytest.raises(ValueError, match="unknown base chat form 'chatty'"):
         base.BaseRecipe(chat="chatty")
+
+
+def test_check_chats_compare_each_line_with_the_colour_asked(processor):
+    """"varied-check" and the "check" text-only task: each shirt line of a colour question ends with
+    "(want <asked> shirt) → ⚠" when its colour is the one asked and "→ ❌" otherwise; the probes score
+    those marks apart (check_same / check_other), and a wrong mark lowers exactly its own column."""
+    lo, hi = pixel_limits(processor)
+    recipe = base.BaseRecipe(spec="tiny", level="demo", chat="varied-check", copy_task="check")
+    checked = {True: 0, False: 0}
+    for i in range(16):
+        for copy in (False, True):
+            image, turns = base.make_example(i, recipe, lo, hi, copy=copy)
+            for question, answer in turns:
+                found = re.search(r"(?:wearing|wears) an? (\w+) shirt", question)
+                if not found:
+                    continue
+                for line in (line for line in answer.split("\n") if re.match(r"(- )?Person \d+ \[", line)):
+                    worn = line.split(": ")[1].split(" ")[0]
+                    assert line.endswith(f"{worn} shirt (want {found.group(1)} shirt) → " + ("⚠" if worn == found.group(1) else "❌"))
+                    checked[worn == found.group(1)] += 1
+            if copy:  # text only: the shirts are given in hint order, as the lines then state them
+                shirts = re.search(r"Their shirts, in the order of the hints: (.*)\.\n", turns[0][0]).group(1).split(", ")
+                assert shirts == [line.split(": ")[1].split(" ")[0] for line in turns[0][1].split("\n") if "→" in line]
+    assert min(checked.values()) >= 5
+    _, turns = base.make_example(0, recipe, lo, hi, copy=True)
+    f = base.build_features(processor, None, turns)
+    targets = base.chat_targets(processor.tokenizer, turns)
+    start = int((f.labels != IGNORE).nonzero()[0])
+    for _, _, _, mark, same in targets:
+        assert processor.tokenizer.decode(f.input_ids[start + torch.tensor(mark)]).strip() == ("⚠" if same else "❌")
+    labels = f.labels[None]
+    logits = torch.full((1, labels.shape[1], len(processor.tokenizer)), -10.0)
+    logits[0, torch.arange(labels.shape[1] - 1), labels[0, 1:].clamp(min=0)] = 10.0
+    probes = base.skill_probes(logits, labels, [targets])
+    assert probes["check_same"] == probes["check_other"] == 1.0
+    first_other = next(t for t in targets if not t[4])
+    wrong = start + first_other[3][0] - 1  # the position that predicts that mark
+    logits[0, wrong] = logits[0, wrong].roll(1)
+    probes = base.skill_probes(logits, labels, [targets])
+    others = sum(not t[4] for t in targets)
+    assert probes["check_same"] == 1.0 and probes["check_other"] == 1 - 1 / others
+    # check_weight weights exactly the marks (position p predicts token p + 1)
+    logits = torch.randn(1, labels.shape[1], len(processor.tokenizer), generator=torch.Generator().manual_seed(0))
+    per_token = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:].clamp(min=0), reduction="none")
+    weights = (labels[0, 1:] != IGNORE).float()
+    weights[torch.tensor([start - 1 + j for t in targets for j in t[3]])] = 7.0
+    expected = (per_token * weights).sum() / weights.sum()
+    assert torch.allclose(base.weighted_loss(logits, labels, [targets], 1.0, 7.0), expected)
+    with pytest.raises(ValueError, match="unknown base copy task 'echo'"):
+        base.BaseRecipe(copy_task="echo")

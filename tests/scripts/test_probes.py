@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 
@@ -94,3 +95,23 @@ def test_copy_probe_compare_layout_trains_only_the_marks():
         assert sum(loss) == len(marks) + len(marks) + 3 + 1  # marks, their newlines, "Find <colour> \n", </s>
     assert seen == {"same", "other"}
     assert copy_probe.Vocab("digits").words == vocab.words[: len(copy_probe.Vocab("digits").words)]
+
+
+def test_copy_probe_writes_its_words_as_trace_text_for_a_checkpoint():
+    """``--model``: the probe's words are the trace's text in that checkpoint's tokenizer, and the
+    scored marks are its ⚠ / ❌ tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "models" / "demo-base")
+    vocab = copy_probe.TextVocab("digits", tokenizer, copy_probe.COLOURS)
+    ids, loss, spans = copy_probe.make_sample(random.Random(5), vocab, "compare-local", 3, 1)
+    text = tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>assistant\n") and text.endswith("<|im_end|>")
+    lines = [line for line in text.split("\n") if line.startswith("- Person")]
+    assert len(lines) == 3
+    for line in lines:
+        found = re.fullmatch(r"- Person \d \[\d+,\d+,\d+,\d+\]: (\w+) shirt \(want (\w+) shirt →( ⚠| ❌)", line)
+        assert found, line
+    marks = [tokenizer.decode(ids[a:b]) for kind in ("same", "other") for a, b in spans[kind]]
+    assert sorted(marks) == sorted(" ⚠" if m[1] == m[2] else " ❌" for m in (re.search(r"(\w+) shirt \(want (\w+)", x) for x in lines))
+    assert all(loss[a] for kind in ("same", "other") for a, _ in spans[kind])
