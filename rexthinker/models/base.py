@@ -148,7 +148,8 @@ class BaseRecipe:
         payload = dict(dataclasses.asdict(self), spec_key=spec_key, version=BASE_VERSION)
         for name in ("workers", "save_every"):
             payload.pop(name)
-        for name, old in (("colour_weight", 1.0), ("check_weight", 1.0), ("chat", "fixed"), ("copy_task", "list")):  # builds made before a setting existed keep their key
+        # builds made before a setting existed keep their key
+        for name, old in (("colour_weight", 1.0), ("check_weight", 1.0), ("chat", "fixed"), ("copy_task", "list")):
             if payload[name] == old:
                 payload.pop(name)
         if self.init:  # the weights it starts from, not where they happen to lie
