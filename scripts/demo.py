@@ -161,7 +161,7 @@ def generate_data(console: Console, out: Path, args, min_pixels: int, max_pixels
     cmd = [
         sys.executable, "-m", "data_tools", "synthref", "--out", str(out), "--seed", str(args.seed),
         "--train", str(args.train), "--val", str(args.val), "--test", str(args.test),
-        "--min-pixels", str(min_pixels), "--max-pixels", str(max_pixels), "--level", args.level,
+        "--min-pixels", str(min_pixels), "--max-pixels", str(max_pixels), "--level", args.level, *args.synthref,
     ]  # fmt: skip
     total = args.train + args.val + args.test
     console.run(cmd, "data", total, lambda: sum(_lines(out / split / "humanref" / "annotations.jsonl") for split in SPLITS))
@@ -312,6 +312,8 @@ def main() -> int:
     parser.add_argument("--model", default="demo-base", choices=["demo-base", *sorted(tiny.SPECS)],
                         help="demo-base: the shipped pre-trained small model (models/demo-base); else a random-weight build")
     parser.add_argument("--level", default="demo", help="SynthRef level of the data (synthref.LEVELS)")
+    parser.add_argument("--synthref", nargs="*", default=[], metavar="key=value",
+                        help="SynthRef settings over the level, e.g. trace_wants=true (data_tools synthref's overrides)")
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--val", type=int, default=200)
     parser.add_argument("--test", type=int, default=200)

@@ -65,11 +65,11 @@ import torch
 from rexthinker.cache import cache_root, cached_build
 from rexthinker.contracts.answer import answer_json
 from rexthinker.contracts.hint import HINT_LINE, hint_json
-from rexthinker.contracts.trace import CROSS, WARN, candidate_name
+from rexthinker.contracts.trace import CROSS, WARN, candidate_name, ordering
 from rexthinker.data import synthref
 from rexthinker.data.sample import RefSample
-from rexthinker.data.synthref.config import PALETTE
-from rexthinker.data.synthref.queries import hands_text, observe
+from rexthinker.data.synthref.config import ORDINALS, PALETTE
+from rexthinker.data.synthref.queries import Term, describe, hands_text, observe
 from rexthinker.data.synthref.scene import Scene, label_boxes, make_scene, render
 from rexthinker.prompts import THINK_PROMPT, build_messages, pixel_limits
 from rexthinker.train.features import IGNORE, Features, collate
@@ -81,7 +81,7 @@ MARKER = "rexthinker_base.json"
 SNAPSHOT = "rexthinker_base_snapshot.json"  # a snapshot written during a build, for BaseRecipe.init
 
 
-CHATS = ("fixed", "varied", "varied-ask", "varied-check")  # BaseRecipe.chat
+CHATS = ("fixed", "varied", "varied-ask", "varied-check", "varied-checks")  # BaseRecipe.chat
 COPY_TASKS = ("list", "check")  # BaseRecipe.copy_task
 
 
@@ -135,7 +135,10 @@ class BaseRecipe:
     # wearing a red shirt?") whose colour is named before the lines are written, as a trace's plan
     # names the colours it looks for (:func:`ask_turn`). "varied-check": as "varied-ask", and each
     # shirt line of a colour question is checked against the colour asked, "- Person 2 [box]: blue
-    # shirt (want red shirt) → ❌" (⚠ when it matches) before the verdict.
+    # shirt (want red shirt) → ❌" (⚠ when it matches) before the verdict. "varied-checks": as "varied-check", but
+    # three chats in four ask a question, two thirds of them about another attribute (hat, flag,
+    # height, holding hands) or an order ("Who is the second person from the left?": the people sorted
+    # by x, then each line's place checked against the one asked) instead of a colour (:func:`check_turn`).
     chat: str = "fixed"
 
     def __post_init__(self) -> None:
@@ -204,17 +207,21 @@ def _names(picked: list[int]) -> str:
 
 
 def varied_turns(rng: random.Random, scene: Scene, boxes: list[list[int]], hint: str, ask: bool = False,
-                 check: bool = False) -> list[tuple[str, str]]:  # fmt: skip
+                 check: bool = False, others: bool = False) -> list[tuple[str, str]]:  # fmt: skip
     """The "varied" chat of a scene: 1-6 turns in a random order, one of them a description of every
     person (all attributes, or the shirt only) after a random preamble, or with ``ask`` half the time
-    a colour question (:func:`ask_turn`, its lines checked with ``check``); the others locate
-    questions or descriptions of some persons. Only the first user turn carries the hints."""
+    a colour question (:func:`ask_turn`, its lines checked with ``check``; with ``others`` instead
+    three times in four a question, two thirds of them about another attribute or an order,
+    :func:`check_turn`); the others locate questions or descriptions of some persons. Only the first
+    user turn carries the hints."""
     n = scene.n
     preamble = rng.choice(PREAMBLES).format(n=n, are="is" if n == 1 else "are", people="person" if n == 1 else "people")
     shirts = rng.random() < 0.4
     lines = [describe_line(scene, k, boxes[k], shirt_only=shirts) for k in range(n)]
     every = (rng.choice(SHIRTS_ALL if shirts else DESCRIBE_ALL), preamble + "\n".join(lines))
-    if ask and rng.random() < 0.5:
+    if others and rng.random() < 0.75:
+        every = check_turn(rng, scene, boxes) if rng.random() < 2 / 3 else ask_turn(rng, scene, boxes, check)
+    elif ask and not others and rng.random() < 0.5:
         every = ask_turn(rng, scene, boxes, check)
     turns = [locate_turn(rng, n, boxes) for _ in range(rng.randint(0, 3))]
     for _ in range(rng.randint(0, 2)):
@@ -245,6 +252,36 @@ def ask_turn(rng: random.Random, scene: Scene, boxes: list[list[int]], check: bo
     opening = rng.choice((f"I need to find the people in {a} {colour} shirt.\n", f"Looking for {a} {colour} shirt, person by person:\n\n",
                           f"OK, the user asks about {a} {colour} shirt. Let me check each person.\n\n# Find the people in {a} {colour} shirt\n"))  # fmt: skip
     return question, opening + "\n".join(lines) + "\n" + verdict
+
+
+def check_turn(rng: random.Random, scene: Scene, boxes: list[list[int]]) -> tuple[str, str]:
+    """A question that checks every person against one property other than the shirt colour: a hat,
+    a flag, the height, holding hands ("Who wears a hat? Check every person." → "- Person 2 [box]: no
+    hat (want wears a hat) → ❌"), or a place in the left-to-right order ("Who is the second person
+    from the left?": the people sorted by x, then "- Person 3 [box]: first from the left (want second
+    from the left) → ❌" in that order). ⚠ marks a match; a verdict names who matched."""
+    n, kind = scene.n, rng.choice(("hat", "flag", "tall", "hands", "order", "order"))
+    if kind == "order":
+        side = rng.choice(("left", "right"))
+        other = "right" if side == "left" else "left"
+        seq = scene.left_to_right() if side == "left" else scene.left_to_right()[::-1]
+        k = rng.randrange(n)
+        want = f"{ORDINALS[k]} from the {side}"
+        question = rng.choice((f"Who is the {ORDINALS[k]} person from the {side}?", f"Which person is {want}? Check every person."))
+        lines = [f"- {candidate_name(synthref.CATEGORY, i, boxes[i])}: {ORDINALS[pos]} from the {side} (want {want}) → {WARN if pos == k else CROSS}"
+                 for pos, i in enumerate(seq)]  # fmt: skip
+        return question, (f"# Sort the people from {side} to {other}\nFrom {side} to {other}: {ordering(synthref.CATEGORY, seq)}.\n\n"
+                          f"# Find the {want}\n" + "\n".join(lines) + f"\nThat is {candidate_name(synthref.CATEGORY, seq[k])}.")  # fmt: skip
+    if kind == "hands":
+        holds, want, title = [bool(scene.hands.get(i)) for i in range(n)], "holding hands", "Check who is holding hands"
+        texts, question = [hands_text(scene, i) for i in range(n)], "Who is holding hands with someone? Check every person."
+    else:
+        term = Term(kind, rng.random() < 0.5)
+        holds, want, title = [term.holds(fig) for fig in scene.figures], term.want().removeprefix("want "), term.title()
+        texts, question = [observe(fig, kind) for fig in scene.figures], f"Who is {describe([term])}? Check every person."
+    lines = [f"- {candidate_name(synthref.CATEGORY, i, boxes[i])}: {texts[i]} (want {want}) → {WARN if holds[i] else CROSS}" for i in range(n)]
+    who = [i for i in range(n) if holds[i]]
+    return question, f"# {title}\n" + "\n".join(lines) + "\n" + (f"Yes: {_names(who)}." if who else "Nobody.")
 
 
 def system_prompt(index: int, recipe: BaseRecipe, split: str = "pretrain") -> str:
@@ -278,8 +315,8 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
     messages, info = build_messages(sample, min_pixels, max_pixels, image=image)
     hint = HINT_LINE.format(hint=hint_json(synthref.CATEGORY, info.hint_boxes))
     if recipe.chat != "fixed" and not copy:
-        return image, varied_turns(rng, scene, info.hint_boxes, hint, ask=recipe.chat in ("varied-ask", "varied-check"),
-                                   check=recipe.chat == "varied-check")  # fmt: skip
+        return image, varied_turns(rng, scene, info.hint_boxes, hint, ask=recipe.chat in ("varied-ask", "varied-check", "varied-checks"),
+                                   check=recipe.chat in ("varied-check", "varied-checks"), others=recipe.chat == "varied-checks")  # fmt: skip
     if copy and recipe.copy_task == "check":
         question, answer = ask_turn(rng, scene, info.hint_boxes, check=True)
         shirts = ", ".join(fig.color for fig in scene.figures)
@@ -338,17 +375,20 @@ def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int],
     out, pos = [], 0
     for line in answer.split("\n"):
         head, _, rest = line.partition(": ")
-        if _PERSON_LINE.match(line):
+        if _PERSON_LINE.match(line) or _CHECKED_LINE.match(line):
             box = tokens(pos + head.index("["), pos + len(head)) if "[" in head else []
             colour_at = pos + len(head) + 2
+            colour = tokens(colour_at, colour_at + len(rest.split(" ")[0])) if _SHIRT.match(rest) else []
             arrow = line.rfind(" → ")
             mark = tokens(pos + arrow + 3, pos + len(line)) if arrow >= 0 else []
-            out.append((box, tokens(colour_at, colour_at + len(rest.split(" ")[0])), mark, line.endswith(WARN)))
+            out.append((box, colour, mark, line.endswith(WARN)))
         pos += len(line) + 1
     return out
 
 
 _PERSON_LINE = re.compile(r"(- )?Person \d+( \[[\d, ]+\])?(: \w+ shirt|$)")  # a description line, or a bare one of the copy chats
+_CHECKED_LINE = re.compile(r"- Person \d+ \[[\d, ]+\]: .+ \(want .+\) → ")  # a line of check_turn
+_SHIRT = re.compile(r"\w+ shirt")
 
 
 def chat_targets(tokenizer, turns: list[tuple[str, str]]) -> list[tuple[int, list[int], list[int], list[int], bool]]:

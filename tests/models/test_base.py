@@ -341,3 +341,40 @@ def test_check_chats_compare_each_line_with_the_colour_asked(processor):
     assert torch.allclose(base.weighted_loss(logits, labels, [targets], 1.0, 7.0), expected)
     with pytest.raises(ValueError, match="unknown base copy task 'echo'"):
         base.BaseRecipe(copy_task="echo")
+
+
+def test_checks_chats_check_other_attributes_and_the_order(processor):
+    """"varied-checks": besides shirt colours, a question checks every person for a hat, a flag, the
+    height or holding hands ("no hat (want wears a hat) → ❌"), or for a place in the order: the people
+    sorted by the x of their hint boxes, then "second from the left (want second from the left) → ⚠"
+    line by line in that order. Each line's mark is a probe target, scored apart from the colours."""
+    lo, hi = pixel_limits(processor)
+    recipe = base.BaseRecipe(spec="tiny", level="demo", chat="varied-checks")
+    seen = {"order": 0, "hands": 0, "attribute": 0, "colour": 0}
+    for i in range(60):
+        _, turns = base.make_example(i, recipe, lo, hi)
+        hint = json.loads(turns[0][0].split("image: ", 1)[1].split("\n", 1)[0])["person"]
+        for _, answer in turns:
+            lines = [line for line in answer.split("\n") if "(want " in line]
+            if not lines:
+                continue
+            targets = base.describe_targets(processor.tokenizer, answer)
+            assert [bool(t[2]) for t in targets] == [True] * len(lines) and [t[3] for t in targets] == [line.endswith("⚠") for line in lines]
+            if "shirt (want" in lines[0]:
+                seen["colour"] += 1
+            elif "from the" in lines[0]:
+                seen["order"] += 1
+                side = re.search(r"from the (left|right) \(", lines[0]).group(1)
+                people = [int(k) - 1 for k in re.findall(r"Person (\d+)", answer.split("\n")[1])]
+                by_x = sorted(range(len(hint)), key=lambda k: hint[k][0] + hint[k][2], reverse=side == "right")
+                assert people == by_x == [int(re.match(r"- Person (\d+)", line).group(1)) - 1 for line in lines]
+                want = re.search(r"\(want (\w+) from", lines[0]).group(1)
+                assert [line.endswith("⚠") for line in lines] == [line.split(": ")[1].startswith(want + " ") for line in lines]
+                assert sum(line.endswith("⚠") for line in lines) == 1
+            else:
+                seen["hands" if "hands" in lines[0] else "attribute"] += 1
+                for line in lines:
+                    said, want = re.match(r"- Person \d+ \[[\d, ]+\]: (.+) \(want (.+)\) → ", line).groups()
+                    match = said.startswith("holds hands") if want == "holding hands" else said == want
+                    assert line.endswith("⚠" if match else "❌")
+    assert min(seen.values()) >= 2, seen
