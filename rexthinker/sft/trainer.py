@@ -235,7 +235,7 @@ class SFTTrainer:
                                                   [g.sample.domain or "unknown" for g in gens])  # fmt: skip
         (self.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         with (self.out / "eval_samples.jsonl").open("w") as f:
-            for g in gens[:50]:
+            for g in gens:
                 f.write(json.dumps({"id": g.sample.id, "referring": g.sample.referring, "completion": g.text}) + "\n")
         self.logger.log(self.step, {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
         print(f"[sft] eval on {result['samples']} held-out samples: format {result['format']:.3f}, "

@@ -1,4 +1,4 @@
-"""The learning probes (benchmarks/copy_probe.py, benchmarks/region_probe.py, benchmarks/trace_probe.py) run, score what they
+"""The learning probes (benchmarks/copy_probe.py, benchmarks/region_probe.py, benchmarks/trace_probe.py, benchmarks/trace_errors.py) run, score what they
 claim to score, and append their result rows; the measured runs themselves are benchmarks."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from tests.scripts.helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import copy_probe  # noqa: E402
+import trace_errors  # noqa: E402
 import trace_probe  # noqa: E402
 
 
@@ -115,3 +116,28 @@ def test_copy_probe_writes_its_words_as_trace_text_for_a_checkpoint():
     marks = [tokenizer.decode(ids[a:b]) for kind in ("same", "other") for a, b in spans[kind]]
     assert sorted(marks) == sorted(" ⚠" if m[1] == m[2] else " ❌" for m in (re.search(r"(\w+) shirt \(want (\w+)", x) for x in lines))
     assert all(loss[a] for kind in ("same", "other") for a, _ in spans[kind])
+
+
+def test_trace_errors_finds_the_first_stage_a_completion_gets_wrong(tmp_path):
+    """The gold trace with its own answer is right at every stage; a completion that restates another
+    expression, flips one step mark, or answers another box than its ✅ line is wrong from exactly
+    that stage, and the table counts it there."""
+    from rexthinker.contracts.answer import answer_json
+    from rexthinker.data import synthref
+
+    config = synthref.level_config("demo", trace_wants=True)
+    sample = next(s for s in (synthref.generate_one(i, 0, "val", config) for i in range(40)) if len(trace_errors.checked_boxes(s.think)) == 1)
+    right = trace_errors.checked_boxes(sample.think)
+    gold = f"<think>{sample.think}</think><answer>{answer_json([list(b) for b in right], 'x')}</answer>"
+    assert all(trace_errors.judge(gold, sample.referring, sample.think).values())
+    restated = gold.replace(f"detect {sample.referring}.", "detect the tall person.")
+    assert trace_errors.judge(restated, sample.referring, sample.think) == {**dict.fromkeys(trace_errors.STAGES, True), "restated": False}
+    flipped = gold.replace("→ ⚠", "→ ❌", 1)
+    verdict = trace_errors.judge(flipped, sample.referring, sample.think)
+    assert not verdict["steps"] and verdict["summary"] and verdict["restated"]
+    other = [b for b in trace_errors.checked_boxes(sample.think.replace("❌", "✅")) if b not in right][0]
+    astray = gold.rsplit("<answer>", 1)[0] + f"<answer>{answer_json([list(other)], 'x')}</answer>"
+    verdict = trace_errors.judge(astray, sample.referring, sample.think)
+    assert verdict["summary"] and not verdict["answer = summary"] and not verdict["answer"]
+    text = trace_errors.table([(sample.domain, trace_errors.judge(t, sample.referring, sample.think)) for t in (gold, restated, astray)])
+    assert "| all | 3 | 0.67 | 1.00 | 1.00 | 1.00 | 0.67 | 0.67 | 1.00 | none (1) |" in text
