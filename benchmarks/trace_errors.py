@@ -32,13 +32,13 @@ from rexthinker.contracts.trace import CHECK, parse_trace
 from rexthinker.data.cot_tsv import CotTsvReader
 
 STAGES = ("restated", "plan", "steps", "summary", "answer = summary", "answer")
-_CHECKED_BOX = re.compile(r"\[([\d, ]+)\][^\n]*" + CHECK)
+_CHECKED_BOX = re.compile(r"\[(\d+), (\d+), (\d+), (\d+)\][^\n]*" + CHECK)  # a malformed box is not read
 
 
 def checked_boxes(think: str) -> list[tuple[int, ...]]:
     """The boxes stated on the ✅ lines of a trace's summary ("- Person 2 [x0, y0, x1, y1]: ... → ✅")."""
     summary = think.rsplit("# Summarize", 1)[-1]
-    return sorted(tuple(int(v) for v in m.group(1).split(",")) for m in _CHECKED_BOX.finditer(summary))
+    return sorted(tuple(int(v) for v in m.groups()) for m in _CHECKED_BOX.finditer(summary))
 
 
 def judge(completion: str, referring: str, gold_think: str) -> dict[str, bool]:

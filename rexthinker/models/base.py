@@ -126,6 +126,10 @@ class BaseRecipe:
     # The same for the check mark of each checked shirt line ("(want red shirt) → ⚠|❌"): a few
     # tokens of a long answer, so at weight 1 the comparison gets a few percent of the gradient.
     check_weight: float = 1.0
+    # The same for what a line says of a person besides the shirt: height, hat, flag, holding hands
+    # ("tall", "no hat", "holds a flag", "hands free"). At weight 1 the hats and flags stayed near
+    # chance inside the SFT traces while the colours, weighted 20, were read (dev/LOG.md, session 13).
+    attribute_weight: float = 1.0
     # The chats' form. "fixed": one system prompt, "Describe every person." first, then the locate
     # questions (builds 1-7). "varied": the system prompt, the wording, the order of the turns, a
     # preamble before the description lines and which persons a turn asks about are drawn per chat
@@ -152,7 +156,7 @@ class BaseRecipe:
         for name in ("workers", "save_every"):
             payload.pop(name)
         # builds made before a setting existed keep their key
-        for name, old in (("colour_weight", 1.0), ("check_weight", 1.0), ("chat", "fixed"), ("copy_task", "list")):
+        for name, old in (("colour_weight", 1.0), ("check_weight", 1.0), ("attribute_weight", 1.0), ("chat", "fixed"), ("copy_task", "list")):
             if payload[name] == old:
                 payload.pop(name)
         if self.init:  # the weights it starts from, not where they happen to lie
@@ -359,13 +363,14 @@ def build_features(processor, image, turns: list[tuple[str, str]], system: str =
 
 # --- skill probes ----------------------------------------------------------------------------------
 PROBES = {"box": "box_exact", "colour": "colour_acc", "describe": "describe_exact", "locate": "locate_exact",
-          "same": "check_same", "other": "check_other"}  # fmt: skip
+          "same": "check_same", "other": "check_other", "attribute": "attribute_acc"}  # fmt: skip
 
-def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int], list[int], bool]]:
+def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int], list[int], bool, list[list[int]]]]:
     """For each description line of an answer (``Person k ...: colour shirt, ...``; other lines, such
     as a preamble, are skipped), the token indices (within ``answer + <|im_end|>`` tokenised on its
     own, as :func:`build_features` does) of its box, of its shirt-colour word and of its check mark
-    (``→ ⚠|❌`` of a checked line; none otherwise), and whether that mark is ⚠ (the colours match)."""
+    (``→ ⚠|❌`` of a checked line; none otherwise), whether that mark is ⚠ (a match), and the tokens
+    of each other attribute it states ("tall", "no hat", "holds a flag", "hands free", ...)."""
     enc = tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
 
@@ -381,7 +386,12 @@ def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int],
             colour = tokens(colour_at, colour_at + len(rest.split(" ")[0])) if _SHIRT.match(rest) else []
             arrow = line.rfind(" → ")
             mark = tokens(pos + arrow + 3, pos + len(line)) if arrow >= 0 else []
-            out.append((box, colour, mark, line.endswith(WARN)))
+            attributes, at = [], colour_at
+            for part in rest.split(" (want ")[0].split(", "):
+                if _ATTRIBUTE.fullmatch(part):
+                    attributes.append(tokens(at, at + len(part)))
+                at += len(part) + 2
+            out.append((box, colour, mark, line.endswith(WARN), attributes))
         pos += len(line) + 1
     return out
 
@@ -389,10 +399,11 @@ def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int],
 _PERSON_LINE = re.compile(r"(- )?Person \d+( \[[\d, ]+\])?(: \w+ shirt|$)")  # a description line, or a bare one of the copy chats
 _CHECKED_LINE = re.compile(r"- Person \d+ \[[\d, ]+\]: .+ \(want .+\) → ")  # a line of check_turn
 _SHIRT = re.compile(r"\w+ shirt")
+_ATTRIBUTE = re.compile(r"tall|short|wears a hat|no hat|holds a flag|no flag|hands free|holds hands with .+")  # what observe / hands_text write
 
 
 def chat_targets(tokenizer, turns: list[tuple[str, str]]) -> list[tuple[int, list[int], list[int], list[int], bool]]:
-    """The probe targets of a chat: ``(turn, box, colour, mark, same)`` for every description line of
+    """The probe targets of a chat: ``(turn, box, colour, mark, same, attributes)`` for every description line of
     every assistant turn (token indices within that turn's answer, as :func:`describe_targets`)."""
     return [(i, *line) for i, (_, answer) in enumerate(turns) for line in describe_targets(tokenizer, answer)]
 
@@ -407,6 +418,8 @@ def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[
       the others, "Where is ...");
     - ``check_same`` / ``check_other``: the mark of a checked shirt line ("(want red shirt) → ⚠|❌"),
       right, where the shirt is / is not the colour asked: the comparison, with the colour given.
+    - ``attribute_acc``: the other attributes a line states (height, hat, flag, holding hands), each
+      right in every token.
 
     ``targets``: :func:`chat_targets` of each row.
     """
@@ -429,8 +442,8 @@ def probe_counts(logits: torch.Tensor, labels: torch.Tensor, targets) -> tuple[d
             task = "describe" if i in described else "locate"
             totals[task] += 1
             counts[task] += bool((pred[row, span] == gold[row, span]).all())
-        for turn, box, colour, mark, same in targets[row]:
-            for name, where in (("box", box), ("colour", colour), ("same" if same else "other", mark)):
+        for turn, box, colour, mark, same, attributes in targets[row]:
+            for name, where in (("box", box), ("colour", colour), ("same" if same else "other", mark), *(("attribute", a) for a in attributes)):
                 if where:
                     totals[name] += 1
                     at = spans[turn][torch.tensor(where)]
@@ -465,21 +478,22 @@ def _answer_spans(gold_row: torch.Tensor) -> list[torch.Tensor]:
     return list(torch.tensor_split(idx, (torch.diff(idx) > 1).nonzero().flatten() + 1)) if len(idx) else []
 
 
-def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, targets, colour_weight: float, check_weight: float = 1.0) -> torch.Tensor:
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, targets, colour_weight: float, check_weight: float = 1.0,
+                  attribute_weight: float = 1.0) -> torch.Tensor:  # fmt: skip
     """Next-token cross-entropy over the answer tokens, each description line's colour token weighted
-    ``colour_weight``, each check mark ``check_weight`` and every other 1 (the weighted mean; plain
-    mean at 1)."""
+    ``colour_weight``, each check mark ``check_weight``, the tokens of its other attributes
+    ``attribute_weight`` and every other 1 (the weighted mean; plain mean at 1)."""
     gold = labels[:, 1:]
     losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), gold.flatten(), ignore_index=IGNORE,
                                                reduction="none").view_as(gold)  # fmt: skip
     weights = (gold != IGNORE).float()
-    if colour_weight != 1.0 or check_weight != 1.0:  # built on the CPU: one copy of the labels, not a device sync per row
+    if colour_weight != 1.0 or check_weight != 1.0 or attribute_weight != 1.0:  # built on the CPU: one copy of the labels, not a device sync per row
         on_cpu = gold.cpu()
         weights = weights.cpu()
         for row in range(on_cpu.shape[0]):
             spans = _answer_spans(on_cpu[row])
-            for turn, _, colour, mark, _ in targets[row] if spans else ():
-                for where, weight in ((colour, colour_weight), (mark, check_weight)):
+            for turn, _, colour, mark, _, attributes in targets[row] if spans else ():
+                for where, weight in ((colour, colour_weight), (mark, check_weight), *((a, attribute_weight) for a in attributes)):
                     if where:
                         weights[row, spans[turn][torch.tensor(where)]] = weight
         weights = weights.to(losses.device)
@@ -545,7 +559,7 @@ def pretrain(model_dir: Path, out_dir: Path, recipe: BaseRecipe, log=print, snap
         model.train()
         labels = data["labels"].to(device)
         logits = learner(**on_device(data)).logits
-        loss = weighted_loss(logits, labels, targets, recipe.colour_weight, recipe.check_weight)
+        loss = weighted_loss(logits, labels, targets, recipe.colour_weight, recipe.check_weight, recipe.attribute_weight)
         learner.backward(loss)
         stats = learner.step()
         row = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": stats["grad_norm"], "elapsed_s": time.perf_counter() - start_time}

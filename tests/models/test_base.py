@@ -319,7 +319,7 @@ def test_check_chats_compare_each_line_with_the_colour_asked(processor):
     f = base.build_features(processor, None, turns)
     targets = base.chat_targets(processor.tokenizer, turns)
     start = int((f.labels != IGNORE).nonzero()[0])
-    for _, _, _, mark, same in targets:
+    for _, _, _, mark, same, _ in targets:
         assert processor.tokenizer.decode(f.input_ids[start + torch.tensor(mark)]).strip() == ("⚠" if same else "❌")
     labels = f.labels[None]
     logits = torch.full((1, labels.shape[1], len(processor.tokenizer)), -10.0)
@@ -378,3 +378,35 @@ def test_checks_chats_check_other_attributes_and_the_order(processor):
                     match = said.startswith("holds hands") if want == "holding hands" else said == want
                     assert line.endswith("⚠" if match else "❌")
     assert min(seen.values()) >= 2, seen
+
+
+def test_attribute_targets_cover_height_hat_flag_and_hands(processor):
+    """Every part of a description or check line after the shirt (height, hat, flag, holding hands) is
+    an attribute target: its tokens decode to that part; ``attribute_acc`` scores them and
+    ``attribute_weight`` weights exactly them."""
+    lo, hi = pixel_limits(processor)
+    recipe = base.BaseRecipe(spec="tiny", level="demo", chat="varied-checks")
+    found = set()
+    for i in range(12):
+        _, turns = base.make_example(i, recipe, lo, hi)
+        for _, answer in turns:
+            enc = processor.tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            for *_, attributes in base.describe_targets(processor.tokenizer, answer):
+                for where in attributes:
+                    part = processor.tokenizer.decode([enc[j] for j in where]).strip()
+                    assert re.fullmatch(r"tall|short|wears a hat|no hat|holds a flag|no flag|hands free|holds hands with Person \d( and Person \d)*", part)
+                    found.add(part.split(" with ")[0])
+    assert {"tall", "short", "no hat", "wears a hat", "no flag", "holds a flag"} <= found
+    _, turns = base.make_example(1, base.BaseRecipe(spec="tiny", level="demo"), lo, hi)
+    f = base.build_features(processor, None, turns)
+    targets = base.chat_targets(processor.tokenizer, turns)
+    start = int((f.labels != IGNORE).nonzero()[0])
+    labels = f.labels[None]
+    logits = torch.randn(1, labels.shape[1], len(processor.tokenizer), generator=torch.Generator().manual_seed(0))
+    per_token = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:].clamp(min=0), reduction="none")
+    weights = (labels[0, 1:] != IGNORE).float()
+    weights[torch.tensor([start - 1 + j for t in targets if t[0] == 0 for a in t[5] for j in a])] = 5.0
+    assert torch.allclose(base.weighted_loss(logits, labels, [targets], 1.0, 1.0, 5.0), (per_token * weights).sum() / weights.sum())
+    perfect = torch.full_like(logits, -10.0)
+    perfect[0, torch.arange(labels.shape[1] - 1), labels[0, 1:].clamp(min=0)] = 10.0
+    assert base.skill_probes(perfect, labels, [targets])["attribute_acc"] == 1.0

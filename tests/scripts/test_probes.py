@@ -139,5 +139,8 @@ def test_trace_errors_finds_the_first_stage_a_completion_gets_wrong(tmp_path):
     astray = gold.rsplit("<answer>", 1)[0] + f"<answer>{answer_json([list(other)], 'x')}</answer>"
     verdict = trace_errors.judge(astray, sample.referring, sample.think)
     assert verdict["summary"] and not verdict["answer = summary"] and not verdict["answer"]
+    at = gold.rfind(", ".join(map(str, right[0])), 0, gold.index("</think>"))  # the ✅ line's box, malformed: read as none, no crash
+    broken = gold[:at] + "12, , 40" + gold[at + len(", ".join(map(str, right[0]))) :]
+    assert not trace_errors.judge(broken, sample.referring, sample.think)["answer = summary"]
     text = trace_errors.table([(sample.domain, trace_errors.judge(t, sample.referring, sample.think)) for t in (gold, restated, astray)])
     assert "| all | 3 | 0.67 | 1.00 | 1.00 | 1.00 | 0.67 | 0.67 | 1.00 | none (1) |" in text
