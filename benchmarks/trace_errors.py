@@ -16,7 +16,13 @@ gold. For every completion, in the order the trace is written:
 
 Each column is the fraction of samples with that stage right; ``after restated`` is the summary
 column among the samples that restated the expression right. The last column names the stage that
-fails first most often. Writes a Markdown table (``--out``) and prints it.
+fails first most often.
+
+A second table takes the action steps' lines one by one, by the kind of step (shirt colour, hat,
+flag, height, holding hands, the tree, an order): how often the completion's observation of that
+person ("no hat", "second from the left") is the gold one, how often its mark is, and how often the
+mark is right where the observation is: reading and comparing, apart. Writes both tables
+(``--out``, Markdown) and prints them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ from rexthinker.contracts.trace import CHECK, parse_trace
 from rexthinker.data.cot_tsv import CotTsvReader
 
 STAGES = ("restated", "plan", "steps", "summary", "answer = summary", "answer")
+# The kind of an action step, from words of its title (the first that matches).
+KINDS = (("shirt", "shirt"), ("hat", "hat"), ("flag", "flag"), ("tall", "height"), ("short", "height"), ("hands", "hands"),
+         ("tree", "tree"), ("from the", "order"), ("most", "order"), ("next to", "next to"), ("left of", "side of"),
+         ("right of", "side of"))  # fmt: skip
+_STEP_LINE = re.compile(r"- \w+ (\d+)[^:\n]*: ([^\n]*?) → ([\u26a0\u274c])")
 _CHECKED_BOX = re.compile(r"\[(\d+), (\d+), (\d+), (\d+)\][^\n]*" + CHECK)  # a malformed box is not read
 
 
@@ -54,6 +65,47 @@ def judge(completion: str, referring: str, gold_think: str) -> dict[str, bool]:
         "answer = summary": answer is not None and answer == checked_boxes(parsed.think or ""),
         "answer": answer is not None and answer == checked_boxes(gold_think),
     }
+
+
+def step_lines(think: str) -> dict[tuple[str, int], tuple[str, str]]:
+    """``{(step title, candidate): (observation, mark)}`` of a trace's action steps, the observation
+    without its "(want ...)"."""
+    out = {}
+    for block in think.split("\n# ")[1:]:
+        title, _, body = block.partition("\n")
+        if not title.startswith("Summar"):
+            for m in _STEP_LINE.finditer(body):
+                out[(title.strip(), int(m.group(1)))] = (m.group(2).split(" (want ")[0].split(" (rule out ")[0], m.group(3))
+    return out
+
+
+def kind_of(title: str) -> str:
+    low = title.lower()
+    return next((kind for word, kind in KINDS if word in low), "other")
+
+
+def line_counts(completion: str, gold_think: str) -> dict[str, list[int]]:
+    """Per kind of step: [gold lines the completion wrote too, observation right, mark right, mark right
+    where the observation is]. A line of a step the completion did not write is not counted."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    pred = step_lines(parse_completion(completion).think or "")
+    for key, (said, mark) in step_lines(gold_think).items():
+        if key in pred:
+            c = counts[kind_of(key[0])]
+            read, marked = pred[key][0] == said, pred[key][1] == mark
+            c[0] += 1
+            c[1] += read
+            c[2] += marked
+            c[3] += read and marked
+    return counts
+
+
+def line_table(counts: dict[str, list[int]]) -> str:
+    lines = ["| step kind | lines | observation right | mark right | mark right where the observation is |", "|---|---|---|---|---|"]
+    for kind, (n, read, marked, both) in sorted(counts.items(), key=lambda kv: -kv[1][0]):
+        given = f"{both / read:.2f}" if read else "-"
+        lines.append(f"| {kind} | {n} | {read / n:.2f} | {marked / n:.2f} | {given} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[tuple[str, dict[str, bool]]]) -> str:
@@ -80,14 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the table there (Markdown)")
     args = parser.parse_args(argv)
     gold = {s.id: s for s in CotTsvReader.from_prefix(args.data)}
-    rows = []
+    rows, counts = [], defaultdict(lambda: [0, 0, 0, 0])
     for n, line in enumerate(args.samples.read_text().splitlines(), 1):
         item = json.loads(line)
         if item["id"] not in gold:
             raise SystemExit(f"{args.samples}:{n}: sample {item['id']!r} is not in {args.data}")
         sample = gold[item["id"]]
         rows.append((sample.domain or "unknown", judge(item["completion"], sample.referring, sample.think or "")))
-    text = table(rows)
+        for kind, c in line_counts(item["completion"], sample.think or "").items():
+            counts[kind] = [a + b for a, b in zip(counts[kind], c)]
+    text = table(rows) + "\n\n" + line_table(counts)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -144,3 +144,27 @@ def test_trace_errors_finds_the_first_stage_a_completion_gets_wrong(tmp_path):
     assert not trace_errors.judge(broken, sample.referring, sample.think)["answer = summary"]
     text = trace_errors.table([(sample.domain, trace_errors.judge(t, sample.referring, sample.think)) for t in (gold, restated, astray)])
     assert "| all | 3 | 0.67 | 1.00 | 1.00 | 1.00 | 0.67 | 0.67 | 1.00 | none (1) |" in text
+
+
+def test_trace_errors_scores_reading_and_comparing_apart():
+    """Per kind of step: a line whose observation is wrong but whose mark follows the gold one counts
+    as misread and rightly marked; a line with the right observation and the wrong mark counts as
+    read and misjudged; lines of steps the completion did not write are not counted."""
+    from rexthinker.data import synthref
+
+    config = synthref.level_config("demo", trace_wants=True)
+    sample = next(s for s in (synthref.generate_one(i, 0, "val", config) for i in range(60)) if ": Check who has no hat\n" in s.think)
+    hat_lines = sample.think.split(": Check who has no hat\n", 1)[1].split("\n\n")[0].split("\n")
+    gold = f"<think>{sample.think}</think><answer>[]</answer>"
+    assert {k: c[0] for k, c in trace_errors.line_counts(gold, sample.think).items()}["hat"] == len(hat_lines)
+    assert all(c[0] == c[1] == c[2] == c[3] for c in trace_errors.line_counts(gold, sample.think).values())
+    said = "no hat" if ": no hat (" in hat_lines[0] else "wears a hat"
+    misread = gold.replace(hat_lines[0], hat_lines[0].replace(f": {said} (", ": wears a hat (" if said == "no hat" else ": no hat ("), 1)
+    n, read, marked, both = trace_errors.line_counts(misread, sample.think)["hat"]
+    assert (n - read, n - marked, both) == (1, 0, read)
+    misjudged = gold.replace(hat_lines[0], hat_lines[0][:-1] + ("❌" if hat_lines[0].endswith("⚠") else "⚠"), 1)
+    n, read, marked, both = trace_errors.line_counts(misjudged, sample.think)["hat"]
+    assert (n - read, n - marked, read - both) == (0, 1, 1)
+    retitled = gold.replace(": Check who has no hat\n", ": Check who has a hat\n")
+    assert "hat" not in trace_errors.line_counts(retitled, sample.think)
+    assert "| hat | 3 |" in trace_errors.line_table({"hat": [3, 2, 2, 2]})
