@@ -44,7 +44,12 @@ def test_the_demo_starts_from_the_shipped_base_at_the_demo_level(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["base_probes"]["box_exact"] == base.lineage(base.SHIPPED)[-1]["last"]["heldout_box_exact"]
     samples = read_humanref(out / "synthref" / "train" / "humanref" / "annotations.jsonl")
-    assert all(2 <= len(s.candidate_boxes) <= 4 and "Person 1 [" in s.think for s in samples)
+    assert all(2 <= len(s.candidate_boxes) <= 4 and "Person 1 [" in s.think and "(want " not in s.think for s in samples)
+    # --synthref passes generator settings over the level to the data
+    proc = subprocess.run([*cmd[:-1], str(tmp_path / "wants"), "--synthref", "trace_wants=true"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    samples = read_humanref(tmp_path / "wants" / "synthref" / "train" / "humanref" / "annotations.jsonl")
+    assert all("(want " in s.think for s in samples if s.domain != "rejection") and any("(want " in s.think for s in samples)
 
 
 def test_a_failing_stage_shows_the_end_of_the_log(tmp_path, capfd):
