@@ -146,7 +146,7 @@ def test_probes_score_the_box_and_colour_of_each_description_line(processor):
     lines = turns[0][1].split("\n")
     assert [t[0] for t in targets] == [0] * len(lines)  # the description is the first turn of a fixed chat
     start = int((f.labels != IGNORE).nonzero()[0])
-    for line, (_, box, colour, mark, _) in zip(lines, targets):
+    for line, (_, box, colour, mark, _, _) in zip(lines, targets):
         assert mark == []  # a description line checks nothing
         assert processor.tokenizer.decode(f.input_ids[start + torch.tensor(box)]).strip() == line[line.index("["): line.index("]") + 1]
         assert processor.tokenizer.decode(f.input_ids[start + torch.tensor(colour)]).strip() == line.split(": ")[1].split(" ")[0]
@@ -155,7 +155,8 @@ def test_probes_score_the_box_and_colour_of_each_description_line(processor):
     logits = torch.full((1, labels.shape[1], len(processor.tokenizer)), -10.0)
     gold = labels[0, 1:].clamp(min=0)
     logits[0, torch.arange(labels.shape[1] - 1), gold] = 10.0
-    assert base.skill_probes(logits, labels, [targets]) == {"box_exact": 1.0, "colour_acc": 1.0, "describe_exact": 1.0, "locate_exact": 1.0}
+    assert base.skill_probes(logits, labels, [targets]) == {"box_exact": 1.0, "colour_acc": 1.0, "describe_exact": 1.0, "locate_exact": 1.0,
+                                                            "attribute_acc": 1.0}  # fmt: skip
     wrong = start + targets[0][2][0] - 1  # the position that predicts the first line's colour token
     logits[0, wrong] = logits[0, wrong].roll(1)
     probes = base.skill_probes(logits, labels, [targets])
@@ -265,7 +266,8 @@ def test_varied_chats_move_the_description_and_probe_it_wherever_it_lands(proces
     labels = batch["labels"]
     logits = torch.full((*labels.shape, len(processor.tokenizer)), -10.0)
     logits.scatter_(2, labels.clamp(min=0).roll(-1, 1).unsqueeze(-1), 10.0)  # position p predicts token p + 1
-    assert base.skill_probes(logits, labels, targets) == {"box_exact": 1.0, "colour_acc": 1.0, "describe_exact": 1.0, "locate_exact": 1.0}
+    assert base.skill_probes(logits, labels, targets) == {"box_exact": 1.0, "colour_acc": 1.0, "describe_exact": 1.0, "locate_exact": 1.0,
+                                                          "attribute_acc": 1.0}  # fmt: skip
 
 
 def test_ask_chats_name_a_colour_first_and_answer_from_the_lines(processor):
