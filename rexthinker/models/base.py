@@ -127,8 +127,9 @@ class BaseRecipe:
     # tokens of a long answer, so at weight 1 the comparison gets a few percent of the gradient.
     check_weight: float = 1.0
     # The same for what a line says of a person besides the shirt: height, hat, flag, holding hands
-    # ("tall", "no hat", "holds a flag", "hands free"). At weight 1 the hats and flags stayed near
-    # chance inside the SFT traces while the colours, weighted 20, were read (dev/LOG.md, session 13).
+    # ("tall", "no hat", "holds a flag", "hands free"). At weight 1 the hats and flags were read in
+    # 0.5-0.75 of the SFT traces' lines, the colours (weighted 20) in 0.98; weighted 20-40 for 1,000
+    # steps the flags rose (0.87 -> 0.92 in the base) and the hats did not (0.61-0.66); dev/LOG.md, session 13.
     attribute_weight: float = 1.0
     # The chats' form. "fixed": one system prompt, "Describe every person." first, then the locate
     # questions (builds 1-7). "varied": the system prompt, the wording, the order of the turns, a
@@ -366,8 +367,8 @@ PROBES = {"box": "box_exact", "colour": "colour_acc", "describe": "describe_exac
           "same": "check_same", "other": "check_other", "attribute": "attribute_acc"}  # fmt: skip
 
 def describe_targets(tokenizer, answer: str) -> list[tuple[list[int], list[int], list[int], bool, list[list[int]]]]:
-    """For each description line of an answer (``Person k ...: colour shirt, ...``; other lines, such
-    as a preamble, are skipped), the token indices (within ``answer + <|im_end|>`` tokenised on its
+    """For each description line of an answer (``Person k ...: colour shirt, ...``) or checked line
+    (:func:`check_turn`'s; other lines, such as a preamble, are skipped), the token indices (within ``answer + <|im_end|>`` tokenised on its
     own, as :func:`build_features` does) of its box, of its shirt-colour word and of its check mark
     (``→ ⚠|❌`` of a checked line; none otherwise), whether that mark is ⚠ (a match), and the tokens
     of each other attribute it states ("tall", "no hat", "holds a flag", "hands free", ...)."""
@@ -402,9 +403,9 @@ _SHIRT = re.compile(r"\w+ shirt")
 _ATTRIBUTE = re.compile(r"tall|short|wears a hat|no hat|holds a flag|no flag|hands free|holds hands with .+")  # what observe / hands_text write
 
 
-def chat_targets(tokenizer, turns: list[tuple[str, str]]) -> list[tuple[int, list[int], list[int], list[int], bool]]:
-    """The probe targets of a chat: ``(turn, box, colour, mark, same, attributes)`` for every description line of
-    every assistant turn (token indices within that turn's answer, as :func:`describe_targets`)."""
+def chat_targets(tokenizer, turns: list[tuple[str, str]]) -> list[tuple[int, list[int], list[int], list[int], bool, list[list[int]]]]:
+    """The probe targets of a chat: ``(turn, box, colour, mark, same, attributes)`` for every
+    description or checked line of every assistant turn (token indices within that turn's answer, as :func:`describe_targets`)."""
     return [(i, *line) for i, (_, answer) in enumerate(turns) for line in describe_targets(tokenizer, answer)]
 
 
@@ -416,8 +417,8 @@ def skill_probes(logits: torch.Tensor, labels: torch.Tensor, targets: list[list[
     - ``colour_acc``: description lines whose shirt colour is right: the region that box names, read;
     - ``describe_exact`` / ``locate_exact``: whole answers right (those with description lines;
       the others, "Where is ...");
-    - ``check_same`` / ``check_other``: the mark of a checked shirt line ("(want red shirt) → ⚠|❌"),
-      right, where the shirt is / is not the colour asked: the comparison, with the colour given.
+    - ``check_same`` / ``check_other``: the mark of a checked line ("(want red shirt) → ⚠|❌"),
+      right, where what it states is / is not what was asked: the comparison, the observation given.
     - ``attribute_acc``: the other attributes a line states (height, hat, flag, holding hands), each
       right in every token.
 
