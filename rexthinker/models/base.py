@@ -224,9 +224,10 @@ def varied_turns(rng: random.Random, scene: Scene, boxes: list[list[int]], hint:
     shirts = rng.random() < 0.4
     lines = [describe_line(scene, k, boxes[k], shirt_only=shirts) for k in range(n)]
     every = (rng.choice(SHIRTS_ALL if shirts else DESCRIBE_ALL), preamble + "\n".join(lines))
-    if others and rng.random() < 0.75:
-        every = check_turn(rng, scene, boxes) if rng.random() < 2 / 3 else ask_turn(rng, scene, boxes, check)
-    elif ask and not others and rng.random() < 0.5:
+    if others:
+        if rng.random() < 0.75:
+            every = check_turn(rng, scene, boxes) if rng.random() < 2 / 3 else ask_turn(rng, scene, boxes, check)
+    elif ask and rng.random() < 0.5:
         every = ask_turn(rng, scene, boxes, check)
     turns = [locate_turn(rng, n, boxes) for _ in range(rng.randint(0, 3))]
     for _ in range(rng.randint(0, 2)):
