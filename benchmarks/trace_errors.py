@@ -9,6 +9,8 @@ gold. For every completion, in the order the trace is written:
 
 - ``restated``: the expression in "needs us to detect <expression>. To accomplish" is the one asked;
 - ``plan``: the plan's step titles are the gold's;
+- ``lists``: every action step names the gold's candidates (whatever their marks): a step that looks
+  only at those the step before kept must carry its ⚠ set over;
 - ``steps``: every action step marks every candidate as the gold does (⚠ / ❌);
 - ``summary``: the ✅ set of the summary is the gold's;
 - ``answer = summary``: the answer lists exactly the boxes of the completion's own ✅ lines;
@@ -21,8 +23,13 @@ fails first most often.
 A second table takes the action steps' lines one by one, by the kind of step (shirt colour, hat,
 flag, height, holding hands, the tree, an order): how often the completion's observation of that
 person ("no hat", "second from the left") is the gold one, how often its mark is, and how often the
-mark is right where the observation is: reading and comparing, apart. Writes both tables
-(``--out``, Markdown) and prints them.
+mark is right where the observation is: reading and comparing, apart.
+
+A third table takes the summary's lines that restate what each step looks for (SynthRef's
+``trace_wants``): among those whose observations all match what is wanted ("blue shirt (want blue
+shirt), short (want short)") and those where one does not, how often the line is marked ✅, ❌ or
+otherwise. A faithful trace marks the first ✅ and the second ❌ (a "(rule out ...)" matches when the
+observation differs). Writes the tables (``--out``, Markdown) and prints them.
 """
 
 from __future__ import annotations
@@ -34,10 +41,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from rexthinker.contracts.completion import parse_completion
-from rexthinker.contracts.trace import CHECK, parse_trace
+from rexthinker.contracts.trace import CHECK, CROSS, parse_trace
 from rexthinker.data.cot_tsv import CotTsvReader
 
-STAGES = ("restated", "plan", "steps", "summary", "answer = summary", "answer")
+STAGES = ("restated", "plan", "lists", "steps", "summary", "answer = summary", "answer")
 # The kind of an action step, from words of its title (the first that matches).
 KINDS = (("shirt", "shirt"), ("hat", "hat"), ("flag", "flag"), ("tall", "height"), ("short", "height"), ("hands", "hands"),
          ("tree", "tree"), ("from the", "order"), ("most", "order"), ("next to", "next to"), ("left of", "side of"),
@@ -60,6 +67,7 @@ def judge(completion: str, referring: str, gold_think: str) -> dict[str, bool]:
     return {
         "restated": pred.referring == referring,
         "plan": pred.plan == gold.plan,
+        "lists": [set(s.marks) for s in pred.steps] == [set(s.marks) for s in gold.steps],
         "steps": [s.marks for s in pred.steps] == [s.marks for s in gold.steps],
         "summary": pred.summary is not None and pred.checked == gold.checked,
         "answer = summary": answer is not None and answer == checked_boxes(parsed.think or ""),
@@ -108,6 +116,35 @@ def line_table(counts: dict[str, list[int]]) -> str:
     return "\n".join(lines)
 
 
+_SUMMARY_LINE = re.compile(r"^- \w+ \d+[^:\n]*: ([^\n]*) → (\S+)$", re.M)
+_WANT = re.compile(r"(?:^|, )([^,()]*?) \((want|rule out) ([^()]*)\)")
+
+
+def summary_counts(completion: str) -> Counter:
+    """``{(all observations match what is wanted, mark): lines}`` over the summary lines of a
+    completion that restate what is wanted (a reference's "the reference itself" line is left out)."""
+    think = parse_completion(completion).think or ""
+    counts: Counter = Counter()
+    if "# Summar" not in think:
+        return counts
+    for text, mark in _SUMMARY_LINE.findall(think.rsplit("# Summar", 1)[1]):
+        pairs = _WANT.findall(text)
+        if pairs and "reference itself" not in text:
+            counts[(all((seen == asked) != (kind == "rule out") for seen, kind, asked in pairs), mark)] += 1
+    return counts
+
+
+def summary_table(counts: Counter) -> str:
+    lines = [f"| summary lines | n | {CHECK} | {CROSS} | other |", "|---|---|---|---|---|"]
+    for match, name in ((True, "all observations as wanted"), (False, "one or more not")):
+        row = {mark: n for (m, mark), n in counts.items() if m == match}
+        total = sum(row.values())
+        if total:
+            other = total - row.get(CHECK, 0) - row.get(CROSS, 0)
+            lines.append(f"| {name} | {total} | {row.get(CHECK, 0) / total:.2f} | {row.get(CROSS, 0) / total:.2f} | {other / total:.2f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[tuple[str, dict[str, bool]]]) -> str:
     by_domain = defaultdict(list)
     for domain, verdict in rows:
@@ -132,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the table there (Markdown)")
     args = parser.parse_args(argv)
     gold = {s.id: s for s in CotTsvReader.from_prefix(args.data)}
-    rows, counts = [], defaultdict(lambda: [0, 0, 0, 0])
+    rows, counts, summaries = [], defaultdict(lambda: [0, 0, 0, 0]), Counter()
     for n, line in enumerate(args.samples.read_text().splitlines(), 1):
         item = json.loads(line)
         if item["id"] not in gold:
@@ -141,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((sample.domain or "unknown", judge(item["completion"], sample.referring, sample.think or "")))
         for kind, c in line_counts(item["completion"], sample.think or "").items():
             counts[kind] = [a + b for a, b in zip(counts[kind], c)]
-    text = table(rows) + "\n\n" + line_table(counts)
+        summaries += summary_counts(item["completion"])
+    text = table(rows) + "\n\n" + line_table(counts) + "\n\n" + summary_table(summaries)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

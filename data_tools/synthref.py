@@ -24,6 +24,8 @@ then overridden with trailing key=value pairs (JSON values), e.g.
   ... trace_boxes=true   (each trace line states its box in the --min/--max-pixels model frame;
                           Qwen2.5-VL's pixels only, refused with a 0-1000 --family)
   ... marks=true         (each person's hint number drawn on the torso)
+  ... trace_wants=true   (each candidate line restates what its step looks for: "(want red shirt)")
+  ... trace_all_candidates=true   (every action step looks at every candidate, not only those kept)
   ... 'attributes=["color","tall"]'   (what figures vary in and questions ask about)
 """
 

@@ -283,3 +283,29 @@ def test_trace_wants_restate_what_each_step_looks_for_beside_every_observation()
                 assert (mark == WARN) == ((seen == asked) != (kind == "rule out")), text
                 compared[mark] += 1
     assert compared[WARN] > 50 and compared[CROSS] > 50
+
+
+def test_trace_all_candidates_looks_at_everyone_in_every_step_and_keeps_the_targets():
+    settings = ["trace_wants=true"]
+    narrow = generate(200, seed=7, config=level_config("demo", settings))
+    wide = generate(200, seed=7, config=level_config("demo", [*settings, "trace_all_candidates=true"]))
+    assert not level_config("demo").trace_all_candidates and not level_config("full").trace_all_candidates
+    line = re.compile(r"^- Person (\d+) \[[\d, ]+\]: [^\n]* " + ARROW + r" (\S+)$", re.M)
+    # every step but the sort, the tree, the relation to a reference and a rank among those kept ("of them")
+    step = re.compile(r"^# Step \d+: (?!Sort|Locate|Find the people (?:to the|next to)|[^\n]* of them)[^\n]*\n((?:- [^\n]*\n?)+)", re.M)
+    widened = 0
+    for a, b in zip(narrow, wide):
+        assert (a.image_bytes, a.referring, a.answer_boxes) == (b.image_bytes, b.referring, b.answer_boxes)
+        assert summary_marks(b.think) == summary_marks(a.think)
+        widened += a.think != b.think
+        everyone = set(range(1, len(b.candidate_boxes) + 1))
+        marks: dict[int, list[str]] = {k: [] for k in everyone}
+        for block in step.finditer(b.think):
+            listed = [(int(k), mark) for k, mark in line.findall(block[1])]
+            assert {k for k, _ in listed} == everyone, (b.id, block[0])  # each filter step lists all
+            for k, mark in listed:
+                marks[k].append(mark)
+        if b.sub_domain not in ("inner_position", "inner_position_two_stage"):  # no reference among the targets' steps
+            checked = {k for k, hit in summary_marks(b.think).items() if hit}
+            assert checked == {k - 1 for k, seen in marks.items() if seen and set(seen) == {WARN}}, b.id
+    assert widened > 30

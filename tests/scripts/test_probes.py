@@ -8,6 +8,7 @@ import random
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
@@ -134,7 +135,9 @@ def test_trace_errors_finds_the_first_stage_a_completion_gets_wrong(tmp_path):
     assert trace_errors.judge(restated, sample.referring, sample.think) == {**dict.fromkeys(trace_errors.STAGES, True), "restated": False}
     flipped = gold.replace("→ ⚠", "→ ❌", 1)
     verdict = trace_errors.judge(flipped, sample.referring, sample.think)
-    assert not verdict["steps"] and verdict["summary"] and verdict["restated"]
+    assert not verdict["steps"] and verdict["lists"] and verdict["summary"] and verdict["restated"]
+    dropped = gold.replace(next(line for line in sample.think.split("\n") if line.endswith("→ ⚠")) + "\n", "", 1)
+    assert not trace_errors.judge(dropped, sample.referring, sample.think)["lists"]
     other = [b for b in trace_errors.checked_boxes(sample.think.replace("❌", "✅")) if b not in right][0]
     astray = gold.rsplit("<answer>", 1)[0] + f"<answer>{answer_json([list(other)], 'x')}</answer>"
     verdict = trace_errors.judge(astray, sample.referring, sample.think)
@@ -143,7 +146,14 @@ def test_trace_errors_finds_the_first_stage_a_completion_gets_wrong(tmp_path):
     broken = gold[:at] + "12, , 40" + gold[at + len(", ".join(map(str, right[0]))) :]
     assert not trace_errors.judge(broken, sample.referring, sample.think)["answer = summary"]
     text = trace_errors.table([(sample.domain, trace_errors.judge(t, sample.referring, sample.think)) for t in (gold, restated, astray)])
-    assert "| all | 3 | 0.67 | 1.00 | 1.00 | 1.00 | 0.67 | 0.67 | 1.00 | none (1) |" in text
+    assert "| all | 3 | 0.67 | 1.00 | 1.00 | 1.00 | 1.00 | 0.67 | 0.67 | 1.00 | none (1) |" in text
+    # the summary's marks against its own observations: the gold is faithful; a flipped mark is counted
+    faithful = trace_errors.summary_counts(gold)
+    assert faithful and all(mark == ("✅" if match else "❌") for match, mark in faithful)
+    last = gold.rindex("→ ✅")
+    unfaithful = trace_errors.summary_counts(gold[:last] + "→ ❌" + gold[last + 3 :])
+    assert unfaithful[(True, "❌")] == faithful[(True, "❌")] + 1 and unfaithful[(True, "✅")] == faithful[(True, "✅")] - 1
+    assert "| all observations as wanted | 4 | 0.75 | 0.25 | 0.00 |" in trace_errors.summary_table(Counter({(True, "✅"): 3, (True, "❌"): 1}))
 
 
 def test_trace_errors_scores_reading_and_comparing_apart():

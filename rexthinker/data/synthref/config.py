@@ -80,6 +80,13 @@ class SynthRefConfig:
     # compare), but the demo's SFT did not learn it either way in 450 steps (dev/LOG.md, session 10).
     # The summary lines repeat the steps' texts, wants included. Off by default and at every level.
     trace_wants: bool = False
+    # Every action step looks at every candidate, not only at those the steps before it kept: its ⚠
+    # says the candidate meets this step's sub-goal, and the summary's ✅ those who met all of them.
+    # Which people a step lists then never depends on the marks of the step before (a two-step
+    # lookup the demo's SFT got right in 0.37 of its second steps, dev/LOG.md, session 14), and each
+    # summary line holds every step's observation, so its mark compares them in place. Off by
+    # default and at every level: HumanRef-CoT's later steps look only at the people still in question.
+    trace_all_candidates: bool = False
     frame: tuple[int, int] = (TRAIN_MIN_PIXELS, TRAIN_MAX_PIXELS)
     # Each person's hint number drawn in a white tag on the torso (set-of-mark prompting), so
     # "Person k" can be found by its mark instead of by its coordinates. A demo-level lever for

@@ -104,21 +104,26 @@ def describe(terms: Sequence[Term], noun: str = "person") -> str:
 def _filter_steps(
     scene: Scene, terms: Sequence[Term], pool: list[int], notes: dict[int, list[str]], cfg: SynthRefConfig
 ) -> tuple[list[Step], list[int]]:
-    """One step per term over the candidates still in the pool; appends each observation to notes."""
+    """One step per term over the candidates still in the pool (every one of ``pool`` with
+    ``cfg.trace_all_candidates``); appends each observation to notes. Returns the steps and those who
+    meet every term."""
     steps = []
     ordered = sorted(terms, key=lambda t: (t.negate, _TERM_ORDER[t.kind]))
+    looked_at = pool
     for term in ordered:
         step = Step(term.title())
         kept = []
-        for i in pool:
+        for i in looked_at:
             hit = term.holds(scene.figures[i])
             text = _with_want(cfg, observe(scene.figures[i], term.kind), term.want())
             notes[i].append(text)
             step.lines.append(Line(i, text, hit))
-            if hit:
+            if hit and i in pool:
                 kept.append(i)
         steps.append(step)
         pool = kept
+        if not cfg.trace_all_candidates:
+            looked_at = pool
     return steps, pool
 
 
@@ -305,7 +310,7 @@ def _q_inner_interaction(scene: Scene, rng: random.Random, cfg: SynthRefConfig) 
     else:
         referring = rng.choice(("the people holding hands", "the person holding hands with someone"))
     step = Step("Check who is holding hands")
-    for i in pool:
+    for i in range(scene.n) if cfg.trace_all_candidates else pool:
         text = _with_want(cfg, hands_text(scene, i), "want holding hands")
         notes[i].append(text)
         step.lines.append(Line(i, text, bool(scene.hands[i])))
@@ -387,7 +392,8 @@ def _q_outer_position_two_stage(scene: Scene, rng: random.Random, cfg: SynthRefC
     terms = _terms_of(fig, [rng.choice(_asked(("color", "color", "hat", "tall"), cfg))])
     notes: dict[int, list[str]] = {i: [] for i in range(scene.n)}
     steps, pool = _filter_steps(scene, terms, list(range(scene.n)), notes, cfg)
-    step, targets = _tree_relation_step(scene, relation, pool, notes, cfg)
+    step, targets = _tree_relation_step(scene, relation, list(range(scene.n)) if cfg.trace_all_candidates else pool, notes, cfg)
+    targets = [i for i in targets if i in pool]
     referring = f"{describe(terms)} {_TREE_PHRASE[relation]}"
     return Query(referring, targets, [*steps, _tree_step(scene), step], _summary(scene, targets, notes))
 
