@@ -82,7 +82,7 @@ SNAPSHOT = "rexthinker_base_snapshot.json"  # a snapshot written during a build,
 
 
 CHATS = ("fixed", "varied", "varied-ask", "varied-check", "varied-checks")  # BaseRecipe.chat
-COPY_TASKS = ("list", "check")  # BaseRecipe.copy_task
+COPY_TASKS = ("list", "check", "select")  # BaseRecipe.copy_task
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,10 @@ class BaseRecipe:
     # What the text-only chats ask. "list": list the hints with their boxes, then locate. "check": the
     # user gives every person's shirt colour in hint order and asks who wears one colour; the answer
     # checks each person against it (:func:`ask_turn` with ``check``): the comparison of a colour read
-    # with the one asked, learned where it costs least (no image).
+    # with the one asked, learned where it costs least (no image). "select": as "check", but the answer
+    # ends with the JSON of the matching people's boxes instead of naming them: the boxes of the lines
+    # marked ⚠, copied in order, as a trace's answer copies its ✅ lines (which the demo SFT's answers
+    # did in only 0.12-0.36; dev/LOG.md, session 14).
     copy_task: str = "list"
     # Continue an earlier build: start from the weights in ``init`` (a base or one of its snapshots)
     # and draw scenes from index ``start`` on, so no scene is seen twice. The optimizer starts afresh.
@@ -239,12 +242,13 @@ def varied_turns(rng: random.Random, scene: Scene, boxes: list[list[int]], hint:
     return [(hint + first, answer), *turns[1:]]
 
 
-def ask_turn(rng: random.Random, scene: Scene, boxes: list[list[int]], check: bool = False) -> tuple[str, str]:
+def ask_turn(rng: random.Random, scene: Scene, boxes: list[list[int]], check: bool = False, select: bool = False) -> tuple[str, str]:
     """"Is anyone wearing a red shirt?": the answer names the colour asked for, goes through every
     person's shirt ("- Person 2 [box]: blue shirt"), then answers yes (who) or no. The colour is one of
     the scene's half the time; the lines must still be read from the image, not copied from the question.
-    With ``check`` each line ends by comparing: "blue shirt (want red shirt) → ❌", ⚠ for a match.
-    The random draws are the same either way."""
+    With ``check`` each line ends by comparing: "blue shirt (want red shirt) → ❌", ⚠ for a match;
+    with ``select`` too, the answer ends with the JSON of the matches' boxes (``[]`` for none)
+    instead of naming them. The random draws are the same either way."""
     worn = sorted({fig.color for fig in scene.figures})
     colour = rng.choice(worn) if rng.random() < 0.5 else rng.choice(sorted(PALETTE))
     a = "an" if colour[0] in "aeiou" else "a"
@@ -254,6 +258,8 @@ def ask_turn(rng: random.Random, scene: Scene, boxes: list[list[int]], check: bo
         lines = [f"{line} (want {colour} shirt) → {WARN if fig.color == colour else CROSS}" for line, fig in zip(lines, scene.figures)]
     who = [k for k, fig in enumerate(scene.figures) if fig.color == colour]
     verdict = f"Yes: {_names(who)}." if who else f"No, nobody wears {a} {colour} shirt."
+    if select:
+        verdict = answer_json([boxes[k] for k in who], f"the people in {a} {colour} shirt")
     question = rng.choice((f"Is anyone wearing {a} {colour} shirt?", f"Who wears {a} {colour} shirt? Check every person."))
     opening = rng.choice((f"I need to find the people in {a} {colour} shirt.\n", f"Looking for {a} {colour} shirt, person by person:\n\n",
                           f"OK, the user asks about {a} {colour} shirt. Let me check each person.\n\n# Find the people in {a} {colour} shirt\n"))  # fmt: skip
@@ -323,8 +329,8 @@ def make_example(index: int, recipe: BaseRecipe, min_pixels: int, max_pixels: in
     if recipe.chat != "fixed" and not copy:
         return image, varied_turns(rng, scene, info.hint_boxes, hint, ask=recipe.chat in ("varied-ask", "varied-check", "varied-checks"),
                                    check=recipe.chat in ("varied-check", "varied-checks"), others=recipe.chat == "varied-checks")  # fmt: skip
-    if copy and recipe.copy_task == "check":
-        question, answer = ask_turn(rng, scene, info.hint_boxes, check=True)
+    if copy and recipe.copy_task in ("check", "select"):
+        question, answer = ask_turn(rng, scene, info.hint_boxes, check=True, select=recipe.copy_task == "select")
         shirts = ", ".join(fig.color for fig in scene.figures)
         return image, [(f"{hint}Their shirts, in the order of the hints: {shirts}.\n{question}", answer)]
     if copy:

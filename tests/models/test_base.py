@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 
+from rexthinker.contracts.answer import parse_answer
 from rexthinker.data.synthref.config import PALETTE
 from rexthinker.models import base, tiny
 from rexthinker.prompts import pixel_limits
@@ -412,3 +413,25 @@ def test_attribute_targets_cover_height_hat_flag_and_hands(processor):
     perfect = torch.full_like(logits, -10.0)
     perfect[0, torch.arange(labels.shape[1] - 1), labels[0, 1:].clamp(min=0)] = 10.0
     assert base.skill_probes(perfect, labels, [targets])["attribute_acc"] == 1.0
+
+
+def test_select_task_ends_with_the_json_of_the_matching_lines_boxes(processor):
+    """The "select" text-only task is the "check" one (same draws, same lines) whose answer ends with
+    the JSON of the boxes of the lines marked ⚠, in their order (``[]`` when none matches), instead of
+    naming them; its build key differs from the check task's."""
+    lo, hi = pixel_limits(processor)
+    check = base.BaseRecipe(spec="tiny", level="demo", copy_task="check")
+    select = base.BaseRecipe(spec="tiny", level="demo", copy_task="select")
+    assert check.key("k") != select.key("k")
+    seen = {"some": 0, "none": 0}
+    for i in range(24):
+        [(q1, a1)], [(q2, a2)] = (base.make_example(i, recipe, lo, hi, copy=True)[1] for recipe in (check, select))
+        assert q1 == q2
+        lines = [line for line in a2.split("\n") if "→" in line]
+        assert lines == [line for line in a1.split("\n") if "→" in line]  # the same checked lines
+        parsed = parse_answer(a2[a2.index("```json") :])
+        wanted = [[int(v) for v in re.search(r"\[([\d, ]+)\]", line).group(1).split(", ")] for line in lines if line.endswith("⚠")]
+        assert parsed.ok and [list(map(int, b)) for b in parsed.boxes] == wanted
+        assert a1.split("\n")[-1].startswith(("Yes: ", "No, nobody")) and not a2.rstrip().endswith(".")
+        seen["some" if wanted else "none"] += 1
+    assert min(seen.values()) >= 3
